@@ -1,0 +1,35 @@
+"""Plans offered by hutch: bluesky's standard plans plus beamline procedures.
+
+A profile's ``plans`` list names plans from this module's ``__all__``; the CLI and the queue
+server offer exactly those.
+"""
+
+from bluesky.plans import (
+    count,
+    grid_scan,
+    list_scan,
+    log_scan,
+    rel_grid_scan,
+    rel_list_scan,
+    rel_scan,
+    scan,
+    scan_nd,
+)
+
+from .align import AlignResult, align
+
+__all__ = [
+    "align",
+    "count",
+    "grid_scan",
+    "list_scan",
+    "log_scan",
+    "rel_grid_scan",
+    "rel_list_scan",
+    "rel_scan",
+    "scan",
+    "scan_nd",
+]
+
+# Not a plan: the value align returns.
+AlignResult = AlignResult

@@ -1,0 +1,40 @@
+"""Channel Access environment for hutch's simulators and clients.
+
+libca (used by aioca and pyepics) reads these variables once, when a process creates its CA
+context, so clients must be configured before the first PV is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+__all__ = ["ca_client_env", "ca_server_env", "configure_ca_client"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def ca_server_env(port: int, host: str = LOOPBACK) -> dict[str, str]:
+    """Environment for a CA server bound to ``host:port``, beaconing only to loopback."""
+    return {
+        "EPICS_CAS_INTF_ADDR_LIST": host,
+        "EPICS_CAS_SERVER_PORT": str(port),
+        "EPICS_CAS_BEACON_ADDR_LIST": LOOPBACK,
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    }
+
+
+def ca_client_env(port: int, host: str = LOOPBACK) -> dict[str, str]:
+    """Environment for a CA client that searches only the server at ``host:port``."""
+    return {
+        "EPICS_CA_ADDR_LIST": f"{host}:{port}",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        # Large enough for a waveform of a few MB; libca's default is 16 kB.
+        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+    }
+
+
+def configure_ca_client(port: int, environ: Mapping[str, str] | None = None) -> None:
+    """Point this process's CA clients at the simulator on ``port`` (before any CA use)."""
+    env = os.environ if environ is None else environ
+    env.update(ca_client_env(port))  # type: ignore[attr-defined]

@@ -1,0 +1,248 @@
+"""Beamline profiles: one declarative TOML file per beamline.
+
+A profile is the single source of truth for a beamline: the simulator serves exactly the PVs
+of its devices, and the IPython session, the CLI and the queue server load exactly its devices,
+metadata defaults and plans.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "DeviceSpec",
+    "PeakModel",
+    "Profile",
+    "ProfileError",
+    "SimulationSpec",
+    "find_profile",
+    "load_profile",
+    "resolve_class",
+]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ProfileError(ValueError):
+    """A profile could not be found, parsed or validated; the message names file, key and reason."""
+
+
+def resolve_class(path: str) -> type:
+    """Import ``package.module.Class`` (or ``package.module:Class``) and return the class."""
+    module_name, sep, attr = path.replace(":", ".").rpartition(".")
+    if not sep:
+        raise ValueError(f"{path!r} is not a dotted import path like 'package.module.Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    try:
+        cls = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(cls, type):
+        raise ValueError(f"{path!r} is not a class")
+    return cls
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DeviceSpec(_Strict):
+    """One device of the beamline: what it is, where its PVs live, how to simulate it."""
+
+    name: str
+    """Name in the session namespace and prefix of its data keys; a Python identifier."""
+    cls: str = Field(alias="class")
+    """Import path of the device class, e.g. ``ophyd_async.epics.motor.Motor``."""
+    prefix: str
+    """PV prefix passed to the device class."""
+    options: dict[str, Any] = {}
+    """Extra keyword arguments for the device class."""
+    sim: dict[str, Any] = {}
+    """Settings of the simulated hardware (limits, velocity, initial value, ...)."""
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a Python identifier")
+        return value
+
+    @field_validator("cls")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        resolve_class(value)
+        return value
+
+    @property
+    def device_class(self) -> type:
+        return resolve_class(self.cls)
+
+
+class PeakModel(_Strict):
+    """The simulated sample: a Gaussian peak along one motor, scaled by slit gap and current."""
+
+    axis: str
+    """Device name of the motor the peak lies along."""
+    center: float
+    sigma: float = Field(gt=0)
+    rate: float = Field(gt=0)
+    """Detector counts per second at the peak centre, at the reference gap and current."""
+    background: float = Field(default=0.0, ge=0)
+    """Detector counts per second far from the peak."""
+    monitor_rate: float = Field(default=1.0e6, gt=0)
+    """I0 monitor counts per second at the reference gap and current."""
+    gap: str | None = None
+    """Device name of the slit-gap motor; the flux is proportional to the gap."""
+    reference_gap: float = Field(default=1.0, gt=0)
+    current: str | None = None
+    """Device name of the beam-current monitor; the flux is proportional to the current."""
+    reference_current: float = Field(default=300.0, gt=0)
+
+
+class SimulationSpec(_Strict):
+    """How ``hutch sim`` simulates this beamline."""
+
+    port: int = Field(default=5064, ge=1, le=65535)
+    """Channel Access server port of the simulator (one port per simulator process)."""
+    peak: PeakModel | None = None
+
+
+class MetadataDefaults(BaseModel):
+    """Metadata every run of the beamline starts with; extra keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    facility: str
+    beamline: str
+    proposal: str | None = None
+    operator: str | None = None
+
+
+class Profile(_Strict):
+    """A validated beamline profile."""
+
+    name: str
+    title: str = ""
+    kind: Literal["photon", "neutron"] = "photon"
+    metadata: MetadataDefaults
+    plans: list[str]
+    """Names of the plans offered at this beamline (from ``hutch.plans``)."""
+    devices: list[DeviceSpec]
+    simulation: SimulationSpec = SimulationSpec()
+    path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("plans")
+    @classmethod
+    def _known_plans(cls, value: list[str]) -> list[str]:
+        from hutch import plans
+
+        unknown = [p for p in value if p not in plans.__all__]
+        if unknown:
+            raise ValueError(
+                f"unknown plan(s) {', '.join(map(repr, unknown))}; "
+                f"hutch.plans offers {', '.join(plans.__all__)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        names = [d.name for d in self.devices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate device name(s): {', '.join(duplicates)}")
+        peak = self.simulation.peak
+        if peak is not None:
+            for key in ("axis", "gap", "current"):
+                ref = getattr(peak, key)
+                if ref is not None and ref not in names:
+                    raise ValueError(
+                        f"simulation.peak.{key} names device {ref!r}, which is not in [[devices]]"
+                    )
+        return self
+
+    def device(self, name: str) -> DeviceSpec:
+        """The spec of the device called ``name``."""
+        for spec in self.devices:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"profile {self.name!r} has no device {name!r}")
+
+
+def _profile_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("HUTCH_PROFILE_PATH", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "profiles")
+    # The source checkout's profiles/ (hutch is installed editable from it).
+    dirs.append(Path(__file__).resolve().parents[2] / "profiles")
+    return dirs
+
+
+def find_profile(name_or_path: str | os.PathLike) -> Path:
+    """Find a profile by file path or by name in ``$HUTCH_PROFILE_PATH``, ./profiles, hutch's."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.exists():
+            raise ProfileError(f"{candidate}: no such profile file")
+        return candidate
+    searched = _profile_dirs()
+    for directory in searched:
+        path = directory / f"{name_or_path}.toml"
+        if path.exists():
+            return path
+    raise ProfileError(
+        f"no profile named {str(name_or_path)!r} in {', '.join(str(d) for d in searched)}"
+    )
+
+
+def _line_of(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """Best-effort line number of the key at ``loc`` in a TOML profile, for error messages."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    if len(loc) >= 2 and isinstance(loc[1], int):
+        # [[table]] arrays: find the n-th header of that array.
+        headers = [i for i, line in enumerate(lines) if line.strip() == f"[[{loc[0]}]]"]
+        if loc[1] < len(headers):
+            start = headers[loc[1]]
+            later = [i for i, line in enumerate(lines) if i > start and line.startswith("[[")]
+            end = later[0] if later else len(lines)
+            loc = loc[2:]
+    for key in reversed([k for k in loc if isinstance(k, str)]):
+        pattern = re.compile(rf"^\s*(\[+[\w.]*\b{re.escape(key)}\]+|{re.escape(key)}\s*=)")
+        for i in range(start, end):
+            if pattern.match(lines[i]):
+                return i + 1
+    return start + 1 if start else None
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """Load and validate a profile; errors name the file, line, key and reason."""
+    path = find_profile(name_or_path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            key = ".".join(str(k) for k in loc) or "(top level)"
+            line = _line_of(text, loc)
+            where = f"{path}:{line}" if line else str(path)
+            reason = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {key}: {reason}")
+        raise ProfileError("invalid profile\n  " + "\n  ".join(problems)) from None
+    profile.path = path
+    return profile

@@ -16,7 +16,7 @@ from bluesky.plans import (
     scan_nd,
 )
 
-from .align import AlignResult, align
+from .align import AlignmentError, AlignResult, align  # noqa: F401  (results of align)
 
 __all__ = [
     "align",
@@ -30,6 +30,3 @@ __all__ = [
     "scan",
     "scan_nd",
 ]
-
-# Not a plan: the value align returns.
-AlignResult = AlignResult

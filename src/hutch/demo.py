@@ -1,0 +1,256 @@
+"""``hutch demo``: the simulated beamline end to end, with every run checked and summarised."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import h5py
+from bluesky.callbacks.fitting import PeakStats
+
+from hutch import plans, simulators
+from hutch.ca import configure_ca_client
+from hutch.catalog import stop_catalog
+from hutch.config import Settings
+from hutch.devices import Scaler
+from hutch.profile import Profile, ProfileError
+from hutch.session import RunRecord, Session
+
+__all__ = ["DemoSummary", "run_demo"]
+
+#: How close align must come to the simulator's true centre.
+ALIGN_TOLERANCE = 0.02
+
+
+@dataclass
+class DemoRun:
+    """One run of the demo: what it was for and what it produced."""
+
+    title: str
+    record: RunRecord
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "title": self.title,
+            "uid": r.uid,
+            "scan_id": r.scan_id,
+            "plan_name": r.plan_name,
+            "exit_status": r.exit_status,
+            "events": r.events,
+            "nexus": str(r.nexus) if r.nexus else None,
+            "png": str(r.png) if r.png else None,
+            "catalog_uri": r.catalog_uri,
+            **self.extra,
+        }
+
+
+@dataclass
+class DemoSummary:
+    """Everything ``hutch demo`` did, for people (`print`) and programs (``to_json``)."""
+
+    profile: str
+    data_dir: str
+    ca_port: int
+    catalog_uri: str | None = None
+    simulator_started: bool = False
+    runs: list[DemoRun] = field(default_factory=list)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs) and all(ok for _, ok, _ in self.checks)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append((name, bool(ok), detail))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "ok": self.ok,
+            "data_dir": self.data_dir,
+            "ca_port": self.ca_port,
+            "catalog_uri": self.catalog_uri,
+            "simulator_started": self.simulator_started,
+            "runs": [run.to_json() for run in self.runs],
+            "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in self.checks],
+        }
+
+
+def _roles(profile: Profile, devices: dict[str, Any]) -> tuple[Any, Any, Any, str]:
+    """The demo's cast: the peak's axis motor, the slit gap, the scaler and its peak field."""
+    peak = profile.simulation.peak
+    if peak is None:
+        raise ProfileError(f"{profile.path}: the demo needs a [simulation.peak] section")
+    scalers = [name for name, device in devices.items() if isinstance(device, Scaler)]
+    if not scalers:
+        raise ProfileError(f"{profile.path}: the demo needs a hutch.devices.Scaler device")
+    det = devices[scalers[0]]
+    channel_of = {n: c for c, n in profile.device(det.name).options["channels"].items()}
+    channel = channel_of.get(profile.device(det.name).sim.get("detector_channel"))
+    if channel is None:
+        raise ProfileError(
+            f"{profile.path}: device {det.name!r}: sim.detector_channel is not one of its channels"
+        )
+    gap = devices[peak.gap] if peak.gap else None
+    return devices[peak.axis], gap, det, f"{det.name}-{channel}"
+
+
+def _check_outputs(summary: DemoSummary, session: Session, run: DemoRun) -> None:
+    r = run.record
+    tag = f"run {r.scan_id} ({run.title})"
+    summary.check(f"{tag}: exit_status success", r.exit_status == "success", r.reason)
+    if r.nexus is not None:
+        try:
+            with h5py.File(r.nexus, "r") as f:
+                signal = f["entry/data"].attrs["signal"]
+                n = f["entry/data"][signal].shape[0]
+            summary.check(
+                f"{tag}: NeXus file holds every event",
+                n == r.events.get("primary"),
+                f"{n} in {r.nexus}",
+            )
+        except (OSError, KeyError) as exc:
+            summary.check(f"{tag}: NeXus file readable", False, f"{r.nexus}: {exc}")
+    if r.png is not None:
+        summary.check(f"{tag}: plot written", r.png.exists(), str(r.png))
+    if session.catalog is not None:
+        try:
+            catalogued = session.runs_container[r.uid]
+            stop = catalogued.metadata.get("stop") or {}
+            n = (stop.get("num_events") or {}).get("primary")
+            summary.check(
+                f"{tag}: catalogued with every event",
+                n == r.events.get("primary"),
+                f"{n} events at {r.catalog_uri}",
+            )
+        except KeyError:
+            summary.check(f"{tag}: catalogued", False, f"{r.uid} not in the catalogue")
+
+
+def _print_run(run: DemoRun, out) -> None:
+    r = run.record
+    events = ", ".join(f"{k}={v}" for k, v in r.events.items())
+    print(
+        f"\n[{r.scan_id}] {run.title}: plan {r.plan_name}, {r.exit_status}, events {events}",
+        file=out,
+    )
+    print(f"    uid        {r.uid}", file=out)
+    print(f"    NeXus      {r.nexus}", file=out)
+    print(f"    catalogue  {r.catalog_uri}", file=out)
+    print(f"    plot       {r.png}", file=out)
+    if "fitted_center" in run.extra:
+        e = run.extra
+        print(
+            f"    centre     fitted {e['fitted_center']:.4f}, true {e['true_center']:.4f} "
+            f"(off by {e['center_error_percent']:.2f} %)",
+            file=out,
+        )
+
+
+def run_demo(
+    profile: Profile,
+    settings: Settings,
+    port: int,
+    *,
+    keep_running: bool = False,
+    quiet: bool = False,
+) -> DemoSummary:
+    """Run the demo on ``profile``'s simulated beamline and return its checked summary.
+
+    Starts the simulator on ``port`` if it is not up (and the catalogue if needed), and stops
+    what it started unless ``keep_running``. With ``quiet`` only the summary is produced:
+    progress goes to stderr and there is no live table.
+    """
+    out = sys.stderr if quiet else sys.stdout
+    summary = DemoSummary(profile.name, str(settings.data_dir), port)
+    print(f"hutch demo: profile {profile.name!r} ({profile.title}), data in {settings.data_dir}",
+          file=out)
+    state = simulators.status(profile.name, settings)
+    if state is None:
+        state = simulators.start(profile, port, settings)
+        summary.simulator_started = True
+        print(f"  simulator started on 127.0.0.1:{state.port} (pid {state.pid})", file=out)
+    else:
+        print(f"  simulator already up on 127.0.0.1:{state.port} (pid {state.pid})", file=out)
+    summary.ca_port = state.port
+    configure_ca_client(state.port)
+    try:
+        session = Session(profile, settings, live_table=not quiet)
+        summary.catalog_uri = session.catalog.uri if session.catalog else None
+        _demo_runs(profile, session, summary)
+    finally:
+        if not keep_running:
+            if summary.simulator_started:
+                simulators.stop(profile.name, settings)
+            stop_catalog(settings)
+    for run in summary.runs:
+        _print_run(run, out)
+    passed = sum(ok for _, ok, _ in summary.checks)
+    print(f"\nchecks: {passed}/{len(summary.checks)} passed", file=out)
+    for name, ok, detail in summary.checks:
+        if not ok:
+            print(f"  FAILED {name}: {detail}", file=out)
+    if not keep_running:
+        print("(simulator and catalogue stopped; `hutch demo --keep-running` leaves them up)",
+              file=out)
+    return summary
+
+
+def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None:
+    axis, gap, det, field_name = _roles(profile, session.devices)
+    peak = profile.simulation.peak
+    assert peak is not None  # checked by _roles
+    RE = session.RE
+
+    def record(title: str, result, **extra) -> DemoRun:
+        run = DemoRun(title, session.record(result.run_start_uids[0]), extra)
+        summary.runs.append(run)
+        _check_outputs(summary, session, run)
+        return run
+
+    RE(bps.mv(det.preset_time, 0.1))
+    record("count the detector", RE(plans.count([det], num=5, md={"sample": "demo sample"})))
+
+    # A coarse scan over the whole travel finds roughly where the peak is.
+    low = RE(bps.rd(axis.low_limit_travel)).plan_result
+    high = RE(bps.rd(axis.high_limit_travel)).plan_result
+    coarse = PeakStats(axis.hints["fields"][0], field_name)
+    result = RE(
+        bpp.subs_wrapper(
+            plans.scan([det], axis, low, high, 41, md={"sample": "demo sample"}), coarse
+        )
+    )
+    record("step scan across the sample", result)
+
+    if gap is not None:
+        RE(bps.mv(axis, coarse.cen))
+        record(
+            "slit-gap scan (classic ophyd EpicsMotor)",
+            RE(plans.scan([det], gap, 0.5, 2.0, 7, md={"sample": "demo sample"})),
+        )
+        RE(bps.mv(gap, peak.reference_gap))
+
+    width = 3.0 * (coarse.fwhm or 1.0)
+    result = RE(
+        plans.align(axis, det, coarse.cen - width, coarse.cen + width, 31, field=field_name)
+    )
+    fitted = result.plan_result.center
+    error = abs(fitted - peak.center) / abs(peak.center) * 100
+    record(
+        "align on the peak",
+        result,
+        fitted_center=fitted,
+        true_center=peak.center,
+        center_error_percent=error,
+        motor_position=RE(bps.rd(axis)).plan_result,
+    )
+    summary.check(
+        f"align within {ALIGN_TOLERANCE:.0%} of the true centre",
+        error <= ALIGN_TOLERANCE * 100,
+        f"fitted {fitted:.4f}, true {peak.center:.4f}",
+    )

@@ -1,0 +1,88 @@
+"""Turn a plan name and command-line arguments into a plan, as the queue server would."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hutch import plans
+from hutch.profile import Profile
+
+__all__ = ["PlanArgumentError", "build_plan", "parse_params", "resolve_devices"]
+
+
+class PlanArgumentError(ValueError):
+    """A plan or one of its arguments is not acceptable; the message names which."""
+
+
+def resolve_devices(value: Any, devices: Mapping[str, Any]) -> Any:
+    """Replace every string naming a device (or ``device.child``) by that device, recursively,
+    the way bluesky-queueserver resolves plan parameters."""
+    if isinstance(value, str):
+        head, _, rest = value.partition(".")
+        if head not in devices:
+            return value
+        obj = devices[head]
+        for attr in filter(None, rest.split(".")):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return value
+        return obj
+    if isinstance(value, list | tuple):
+        return type(value)(resolve_devices(v, devices) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve_devices(v, devices) for k, v in value.items()}
+    return value
+
+
+def _literal(token: str, devices: Mapping[str, Any], where: str) -> Any:
+    try:
+        return ast.literal_eval(token)
+    except (ValueError, SyntaxError):
+        # A bare device name (sample_x) is what a user types; anything else is a mistake.
+        if token.partition(".")[0] in devices:
+            return token
+        raise PlanArgumentError(
+            f"{where}: {token!r} is neither a Python literal nor a device of this profile "
+            f"({', '.join(devices)})"
+        ) from None
+
+
+def parse_params(
+    tokens: Sequence[str], devices: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Split ``ARG`` and ``key=value`` tokens into positional and keyword arguments."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for i, token in enumerate(tokens, start=1):
+        key, sep, text = token.partition("=")
+        if sep and key.isidentifier():
+            kwargs[key] = _literal(text, devices, f"parameter {key!r}")
+        elif kwargs:
+            raise PlanArgumentError(
+                f"argument {i} ({token!r}): positional arguments must come before key=value ones"
+            )
+        else:
+            args.append(_literal(token, devices, f"argument {i}"))
+    return args, kwargs
+
+
+def build_plan(profile: Profile, devices: Mapping[str, Any], name: str, tokens: Sequence[str]):
+    """The plan ``name`` of the profile called with ``tokens``, arguments checked before
+    anything runs."""
+    if name not in profile.plans:
+        raise PlanArgumentError(
+            f"plan {name!r} is not offered by profile {profile.name!r} "
+            f"(offered: {', '.join(profile.plans)})"
+        )
+    plan = getattr(plans, name)
+    args, kwargs = parse_params(tokens, devices)
+    args = resolve_devices(args, devices)
+    kwargs = resolve_devices(kwargs, devices)
+    try:
+        inspect.signature(plan).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise PlanArgumentError(f"plan {name}{inspect.signature(plan)}: {exc}") from None
+    return plan(*args, **kwargs)

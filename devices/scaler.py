@@ -51,7 +51,8 @@ class Scaler(StandardReadable, Triggerable):
             self.names = DeviceVector(
                 {n: epics_signal_r(str, f"{prefix}.NM{n}") for n in channels.values()}
             )
-        self.count = epics_signal_rw(int, prefix + ".CNT")
+        # CNT is the record's Done/Count menu: True starts a count.
+        self.count = epics_signal_rw(bool, prefix + ".CNT")
         self.count_mode = epics_signal_rw(CountMode, prefix + ".CONT")
         # Counts change on every trigger: read them from the IOC, never from a monitor cache.
         with self.add_children_as_readables(Format.HINTED_UNCACHED_SIGNAL):
@@ -74,4 +75,4 @@ class Scaler(StandardReadable, Triggerable):
     async def trigger(self) -> None:
         """Count for the preset time; done when the scaler record says the count is over."""
         preset = await self.preset_time.get_value()
-        await self.count.set(1, wait=True, timeout=preset + DEFAULT_TIMEOUT)
+        await self.count.set(True, timeout=preset + DEFAULT_TIMEOUT)

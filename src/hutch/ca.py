@@ -19,6 +19,8 @@ def ca_server_env(port: int, host: str = LOOPBACK) -> dict[str, str]:
     return {
         "EPICS_CAS_INTF_ADDR_LIST": host,
         "EPICS_CAS_SERVER_PORT": str(port),
+        # caproto's server reads the client-side name for its TCP/UDP port.
+        "EPICS_CA_SERVER_PORT": str(port),
         "EPICS_CAS_BEACON_ADDR_LIST": LOOPBACK,
         "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
     }

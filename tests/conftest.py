@@ -1,0 +1,121 @@
+"""Shared fixtures: free ports, the demo profile, and one simulated beamline per test worker.
+
+Channel Access stays on loopback: nothing in the suite searches the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports a CA library: libca reads these once per process.
+for _key, _value in {
+    "EPICS_CA_AUTO_ADDR_LIST": "NO",
+    "EPICS_CA_ADDR_LIST": "127.0.0.1",
+    "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+    "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+    "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import socket  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from hutch.ca import configure_ca_client  # noqa: E402
+from hutch.config import Settings  # noqa: E402
+from hutch.profile import Profile, load_profile  # noqa: E402
+
+
+def _free_port() -> int:
+    """A loopback port free for both TCP and UDP (a CA server needs both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            if port in (5064, 5065):
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free TCP+UDP port on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a loopback port free for TCP and UDP."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def demo_profile() -> Profile:
+    """The demo beamline profile."""
+    return load_profile("demo")
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory, demo_profile):
+    """The demo beamline simulated on a port of its own (one per xdist worker).
+
+    Points this process's CA clients at it before any CA client exists; yields the SimState.
+    """
+    from hutch import simulators
+
+    port = _free_port()
+    configure_ca_client(port)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("hutch-data"))
+    state = simulators.start(demo_profile, port, settings, timeout=60)
+    try:
+        yield state
+    finally:
+        simulators.stop(demo_profile.name, settings)
+
+
+@pytest.fixture(scope="session")
+def RE(sim):
+    """A RunEngine whose event loop the ophyd-async devices of the session live on.
+
+    One per process: aioca's callbacks need a loop that outlives every test.
+    """
+    from bluesky import RunEngine
+
+    return RunEngine({}, call_returns_result=True)
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    """hutch settings of this worker: its own data dir and catalogue port."""
+    return Settings(data_dir=tmp_path_factory.mktemp("session-data"), catalog_port=_free_port())
+
+
+@pytest.fixture(scope="session")
+def session(sim, RE, settings, demo_profile):
+    """A hutch Session on the simulated demo beamline, with NeXus, plots and the catalogue.
+
+    Uses the worker's RunEngine (and so its event loop); stops the catalogue at the end.
+    """
+    from hutch.catalog import stop_catalog
+    from hutch.session import Session
+
+    try:
+        yield Session(demo_profile, settings, live_table=False, RE=RE)
+    finally:
+        stop_catalog(settings)
+
+
+@pytest.fixture
+def ca(sim) -> Iterator[tuple[Callable, Callable]]:
+    """(read, write) over CA to the session's simulator: ``read(pv)``, ``write(pv, v)``."""
+    from hutch.simulators import ca_read, ca_write
+
+    def read(pv: str):
+        return ca_read(pv, sim.port, timeout=5.0)
+
+    def write(pv: str, value, wait: bool = True, timeout: float = 60.0):
+        ca_write(pv, value, sim.port, timeout=timeout, wait=wait)
+
+    yield read, write

@@ -75,9 +75,7 @@ def align(
     _md = {"plan_name": "align", "align": {"motor": motor.name, "field": y}}
     _md.update(md or {})
 
-    uid = yield from bpp.subs_wrapper(
-        bp.scan([detector], motor, start, stop, num, md=_md), stats
-    )
+    uid = yield from bpp.subs_wrapper(bp.scan([detector], motor, start, stop, num, md=_md), stats)
     center = stats.cen
     low, high = sorted((start, stop))
     if center is None or not math.isfinite(center) or not low <= center <= high:

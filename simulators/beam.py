@@ -25,11 +25,18 @@ class BeamCurrentSource(PVGroup):
     """
 
     current = pvproperty(
-        name="CURRENT", value=0.0, precision=2, units="mA", read_only=True,
+        name="CURRENT",
+        value=0.0,
+        precision=2,
+        units="mA",
+        read_only=True,
         doc="Beam current",
     )
     dump = pvproperty(
-        name="SIM:DUMP", value=0, dtype=ChannelType.ENUM, enum_strings=("Beam", "Dumped"),
+        name="SIM:DUMP",
+        value=0,
+        dtype=ChannelType.ENUM,
+        enum_strings=("Beam", "Dumped"),
         doc="Simulator only: 1 dumps the beam, 0 restores it",
     )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -60,9 +62,10 @@ def _beam(spec: DeviceSpec) -> PVGroup:
 def _register_defaults() -> None:
     # Imported here: the device libraries are heavy and only needed to build a server.
     import ophyd
+    from ophyd_async.epics.motor import Motor
+
     from hutch.devices.beam import BeamCurrent
     from hutch.devices.scaler import Scaler
-    from ophyd_async.epics.motor import Motor
 
     for cls, factory in (
         (Motor, _motor),
@@ -141,13 +144,26 @@ def make_pvdb(profile: Profile) -> dict[str, Any]:
     return pvdb
 
 
-def _start_repeater() -> None:
-    """Run caproto's CA repeater in a daemon thread, unless one already holds its port."""
-    from caproto.sync import repeater
+def ensure_repeater() -> None:
+    """Start caproto's CA repeater, bound to loopback, unless one already holds its port.
 
-    threading.Thread(
-        target=repeater.run, kwargs={"host": LOOPBACK}, name="ca-repeater", daemon=True
-    ).start()
+    Like EPICS's caRepeater it is a detached process that outlives the simulator: CA clients
+    register with it once, and a repeater that died with one simulator would leave every
+    other client of the machine complaining that it cannot contact the repeater.
+    """
+    port = int(os.environ.get("EPICS_CA_REPEATER_PORT", "5065"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return  # a repeater (or something) is there already
+    subprocess.Popen(
+        [sys.executable, "-c", f"from caproto.sync.repeater import run; run(host={LOOPBACK!r})"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def serve(profile: Profile, port: int, host: str = LOOPBACK) -> None:
@@ -156,6 +172,6 @@ def serve(profile: Profile, port: int, host: str = LOOPBACK) -> None:
     from caproto.asyncio.server import run
 
     pvdb = make_pvdb(profile)
-    _start_repeater()
+    ensure_repeater()
     log.info("serving %d PVs of profile %r on %s:%d", len(pvdb), profile.name, host, port)
     run(pvdb, interfaces=[host])

@@ -77,9 +77,7 @@ class MotorRecord(PVGroup):
 
     motor = pvproperty(value=0.0, name="", record="motor", dtype=_MotorValue, precision=4)
 
-    def __init__(
-        self, prefix: str, *, sim: Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, prefix: str, *, sim: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(prefix, **kwargs)
         unknown = set(sim or {}) - set(_DEFAULTS)
         if unknown:

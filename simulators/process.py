@@ -113,13 +113,24 @@ def start(
     log_path = _log_file(profile.name, settings)
     profile_arg = str(profile.path) if profile.path else profile.name
     command = [
-        sys.executable, "-m", "hutch.simulators",
-        "--profile", profile_arg, "--port", str(port), "--host", host,
+        sys.executable,
+        "-m",
+        "hutch.simulators",
+        "--profile",
+        profile_arg,
+        "--port",
+        str(port),
+        "--host",
+        host,
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
         )
     state = SimState(
         pid=process.pid,

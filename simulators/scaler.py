@@ -51,7 +51,9 @@ class ScalerRecord(PVGroup):
         name=".CNT", value="Done", enum_strings=("Done", "Count"), dtype=ChannelType.ENUM
     )
     cont = pvproperty(
-        name=".CONT", value="OneShot", enum_strings=("OneShot", "AutoCount"),
+        name=".CONT",
+        value="OneShot",
+        enum_strings=("OneShot", "AutoCount"),
         dtype=ChannelType.ENUM,
     )
     tp = pvproperty(name=".TP", value=1.0, precision=3, units="s")

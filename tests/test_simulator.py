@@ -7,10 +7,11 @@ import time
 import bluesky.plan_stubs as bps
 import pytest
 from bluesky.run_engine import call_in_bluesky_event_loop
-from hutch.simulators import beam_dump, beam_restore
-from hutch.simulators.physics import BeamlinePhysics
 from ophyd_async.core import init_devices
 from ophyd_async.epics.motor import Motor, MotorLimitsError
+
+from hutch.simulators import beam_dump, beam_restore
+from hutch.simulators.physics import BeamlinePhysics
 
 TIMEOUT = 30.0
 
@@ -191,9 +192,8 @@ def test_hutch_scaler_triggers_and_reads(RE, sim):
 
 
 def test_background_lifecycle(tmp_path, free_port, demo_profile):
-    from hutch.simulators import ca_read, start, status, stop
-
     from hutch.config import Settings
+    from hutch.simulators import ca_read, start, status, stop
 
     settings = Settings(data_dir=tmp_path)
     port = free_port()
@@ -211,9 +211,8 @@ def test_background_lifecycle(tmp_path, free_port, demo_profile):
 
 
 def test_device_without_simulator_is_named(demo_profile):
-    from hutch.simulators import SimulatorError, make_pvdb
-
     from hutch.profile import DeviceSpec
+    from hutch.simulators import SimulatorError, make_pvdb
 
     odd = DeviceSpec.model_validate({"name": "odd", "class": "ophyd.Device", "prefix": "X:"})
     profile = demo_profile.model_copy(update={"devices": [*demo_profile.devices, odd]})

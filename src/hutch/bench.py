@@ -107,11 +107,13 @@ def _measure(profile: Profile, settings: Settings, motor_pv: str, scaler, points
             for pv in reads:
                 pv.get(use_monitor=False)
 
-    rows = [BenchRow("Channel Access floor (pyepics put-callback + gets)", _per_point(points, raw_floor))]
+    rows = [
+        BenchRow(
+            "Channel Access floor (pyepics put-callback + gets)", _per_point(points, raw_floor)
+        )
+    ]
 
-    bare = Session(
-        profile, settings, live_table=False, nexus=False, plots=False, catalog=False
-    )
+    bare = Session(profile, settings, live_table=False, nexus=False, plots=False, catalog=False)
     RE = bare.RE
     det = bare.devices[scaler.name]
     mtr = next(d for n, d in bare.devices.items() if profile.device(n).prefix == motor_pv)

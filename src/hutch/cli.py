@@ -42,9 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hutch.demo import run_demo
 
     profile, settings, port = _context(args)
-    summary = run_demo(
-        profile, settings, port, keep_running=args.keep_running, quiet=args.json
-    )
+    summary = run_demo(profile, settings, port, keep_running=args.keep_running, quiet=args.json)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     return 0 if summary.ok else 1

@@ -168,8 +168,10 @@ def run_demo(
     """
     out = sys.stderr if quiet else sys.stdout
     summary = DemoSummary(profile.name, str(settings.data_dir), port)
-    print(f"hutch demo: profile {profile.name!r} ({profile.title}), data in {settings.data_dir}",
-          file=out)
+    print(
+        f"hutch demo: profile {profile.name!r} ({profile.title}), data in {settings.data_dir}",
+        file=out,
+    )
     state = simulators.status(profile.name, settings)
     if state is None:
         state = simulators.start(profile, port, settings)
@@ -196,8 +198,10 @@ def run_demo(
         if not ok:
             print(f"  FAILED {name}: {detail}", file=out)
     if not keep_running:
-        print("(simulator and catalogue stopped; `hutch demo --keep-running` leaves them up)",
-              file=out)
+        print(
+            "(simulator and catalogue stopped; `hutch demo --keep-running` leaves them up)",
+            file=out,
+        )
     return summary
 
 

@@ -37,13 +37,27 @@ def resolve_devices(value: Any, devices: Mapping[str, Any]) -> Any:
     return value
 
 
+class _DeviceNames(ast.NodeTransformer):
+    """Turn bare device names (``det``, ``det.preset_time``) into strings for literal_eval."""
+
+    def __init__(self, devices: Mapping[str, Any]) -> None:
+        self.devices = devices
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.Constant(node.id) if node.id in self.devices else node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        dotted = ast.unparse(node)
+        if dotted.partition(".")[0] in self.devices and dotted.replace(".", "").isidentifier():
+            return ast.Constant(dotted)
+        return node
+
+
 def _literal(token: str, devices: Mapping[str, Any], where: str) -> Any:
     try:
-        return ast.literal_eval(token)
-    except (ValueError, SyntaxError):
-        # A bare device name (sample_x) is what a user types; anything else is a mistake.
-        if token.partition(".")[0] in devices:
-            return token
+        tree = _DeviceNames(devices).visit(ast.parse(token.strip(), mode="eval"))
+        return ast.literal_eval(tree)
+    except (ValueError, SyntaxError, TypeError):
         raise PlanArgumentError(
             f"{where}: {token!r} is neither a Python literal nor a device of this profile "
             f"({', '.join(devices)})"

@@ -1,0 +1,490 @@
+"""The run catalogue: an embedded tiled server, the writer that fills it and the reader.
+
+Every run is written by bluesky-tiled-plugins' ``TiledWriter`` into a container named after
+the beamline.  By default that container lives in an *embedded* catalogue: a tiled server
+process that hutch starts on demand on 127.0.0.1 (SQLite catalogue, files plus DuckDB tables
+under ``Settings.catalog_dir``), shared by the IPython session, the queue server and
+``hutch runs``.  Setting ``HUTCH_CATALOG_URI`` (and ``HUTCH_CATALOG_API_KEY``) points hutch at
+an external tiled server instead, and nothing is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bluesky_tiled_plugins import TiledWriter
+from tiled.client import from_uri
+from tiled.client.container import Container
+from tiled.structures.core import Spec
+
+from hutch.config import Settings
+
+__all__ = [
+    "CatalogConfig",
+    "CatalogError",
+    "RunSummary",
+    "catalog_status",
+    "documents_of",
+    "ensure_catalog",
+    "get_run",
+    "make_tiled_writer",
+    "run_summaries",
+    "run_uri",
+    "runs_container",
+    "stop_catalog",
+]
+
+# Version 3 of the spec tells bluesky-tiled-plugins' client that runs are stored in SQL
+# tables (its ``is_sql``), which enables partial-uid search and the v3 run client.
+RUNS_SPEC = Spec("CatalogOfBlueskyRuns", version="3.0")
+
+# Events are written in batches: each write is one HTTP request (~50 ms here), so writing
+# every event (batch_size=1) made a 200-point scan 10x slower than a batched one.  Ten
+# events per request keeps that overhead near 5 ms/event while a live run shows up in
+# the catalogue at most nine points behind; TiledWriter writes the remainder at the stop
+# document, so nothing is lost when a run ends, successfully or not.
+DEFAULT_BATCH_SIZE = 10
+
+_STATE_FILE = "catalog.json"
+_LOG_FILE = "catalog.log"
+_LOCK_FILE = "catalog.lock"
+_SERVER_CONFIG = "catalog-config.yml"
+_API_KEY_FILE = "api_key"
+
+
+class CatalogError(RuntimeError):
+    """The catalogue could not be started, reached or used."""
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """How to reach the catalogue: its base URI and the API key that may write to it."""
+
+    uri: str
+    api_key: str | None
+    external: bool = False
+
+
+@dataclass
+class RunSummary:
+    """One line of the run listing: who, what, when, how it ended and how much data."""
+
+    uid: str
+    scan_id: int | None
+    plan_name: str | None
+    start_time: datetime
+    exit_status: str | None  # None while the run is still open
+    events: dict[str, int] = field(default_factory=dict)  # stream name -> number of events
+    uri: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON-serialisable types (the start time in ISO 8601, UTC)."""
+        out = asdict(self)
+        out["start_time"] = self.start_time.isoformat()
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded server
+# ---------------------------------------------------------------------------------------
+
+
+def _external_config() -> CatalogConfig | None:
+    uri = os.environ.get("HUTCH_CATALOG_URI")
+    if not uri:
+        return None
+    return CatalogConfig(
+        uri=uri.rstrip("/"), api_key=os.environ.get("HUTCH_CATALOG_API_KEY"), external=True
+    )
+
+
+def _api_key(settings: Settings) -> str:
+    """The embedded catalogue's single-user key, generated once and readable by the owner only."""
+    path = settings.catalog_dir / _API_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    # tiled only accepts alphanumeric keys (they end up in ?api_key= URLs).
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def _server_config(settings: Settings) -> str:
+    """The tiled service configuration of the embedded catalogue.
+
+    This mirrors ``tiled.server.SimpleTiledServer``'s writable storage (SQLite catalogue,
+    a file directory and a DuckDB database for tables, an in-memory streaming cache).  It
+    is served with ``tiled serve config`` rather than ``tiled serve catalog`` because only
+    a configuration file can register bluesky-tiled-plugins' JSON-seq exporter, which is
+    what replays a run's documents (``documents_of``).
+    """
+    root = settings.catalog_dir
+    config = {
+        "trees": [
+            {
+                "path": "/",
+                "tree": "catalog",
+                "args": {
+                    "uri": f"sqlite:///{root / 'catalog.db'}",
+                    "writable_storage": [
+                        str(root / "data"),
+                        f"duckdb:///{root / 'storage.duckdb'}",
+                    ],
+                    # Initialising runs `tiled catalog init` in a subprocess (~3 s);
+                    # only a new catalogue needs it.
+                    "init_if_not_exists": not (root / "catalog.db").exists(),
+                },
+            }
+        ],
+        "streaming_cache": {"uri": "memory"},
+        "media_types": {
+            "BlueskyRun": {
+                "application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"
+            }
+        },
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+def _read_state(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return json.loads((settings.run_dir / _STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_state(settings: Settings, state: dict[str, Any]) -> None:
+    path = settings.run_dir / _STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)  # atomic: readers never see half a file
+
+
+def _is_tiled_process(pid: int) -> bool:
+    """True if ``pid`` is alive and is a tiled server (not a recycled pid or a zombie)."""
+    if not Path("/proc/self/stat").exists():  # no procfs (macOS): trust the pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X") and b"tiled" in cmdline
+
+
+def _answers(config: CatalogConfig, timeout: float = 2.0) -> bool:
+    """True if the server is ready and accepts our key (so it is ours, not a stranger's)."""
+    headers = {"Authorization": f"Apikey {config.api_key}"} if config.api_key else {}
+    try:
+        with httpx.Client(trust_env=False, timeout=timeout) as client:
+            if client.get(f"{config.uri}/healthz").status_code != 200:
+                return False
+            return client.get(f"{config.uri}/api/v1/", headers=headers).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _port_taken_error(port: int) -> CatalogError:
+    return CatalogError(
+        f"cannot start the catalogue: port {port} on 127.0.0.1 is used by another program; "
+        f"set HUTCH_CATALOG_PORT to a free port"
+    )
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def _start_lock(settings: Settings) -> Iterator[None]:
+    """Serialise check-and-start across processes (session, queue server, CLI)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.run_dir / _LOCK_FILE, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    """Stop the server's process group: SIGTERM (uvicorn shuts down cleanly), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
+        if not _is_tiled_process(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
+    """Return how to reach the catalogue, starting the embedded server if it is not running.
+
+    With ``HUTCH_CATALOG_URI`` set, that external server is used and nothing is started.
+    Otherwise a server recorded in ``run_dir/catalog.json`` is reused if it answers; if not,
+    ``tiled serve`` is started detached on ``settings.catalog_port`` (log in
+    ``run_dir/catalog.log``) and this waits up to ``timeout`` seconds until it serves.
+    Raises ``CatalogError`` if the port is taken or the server does not come up.
+    """
+    if (external := _external_config()) is not None:
+        return external
+    port = settings.catalog_port
+    config = CatalogConfig(uri=f"http://127.0.0.1:{port}", api_key=_api_key(settings))
+    with _start_lock(settings):
+        state = _read_state(settings)
+        if state is not None:
+            pid = state.get("pid")
+            if pid and _is_tiled_process(pid):
+                recorded = CatalogConfig(uri=state["uri"], api_key=config.api_key)
+                if _answers(recorded):
+                    return recorded
+                # Alive but deaf (hung, or started on another port): replace it.
+                _terminate(pid)
+            (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+        if not _port_free(port):
+            raise _port_taken_error(port)
+        return _start(settings, config, timeout)
+
+
+def _start(settings: Settings, config: CatalogConfig, timeout: float) -> CatalogConfig:
+    port = settings.catalog_port
+    (settings.catalog_dir / "data").mkdir(parents=True, exist_ok=True)
+    server_config = settings.run_dir / _SERVER_CONFIG
+    server_config.write_text(_server_config(settings))
+    log_path = settings.run_dir / _LOG_FILE
+    # tiled prints the connection URL, key included, so the log is private like the key.
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The key goes through the environment, not argv, so `ps` does not show it.
+    env = {**os.environ, "TILED_SINGLE_USER_API_KEY": config.api_key or ""}
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tiled",
+                "serve",
+                "config",
+                str(server_config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # outlives this process and its Ctrl-C
+        )
+    finally:
+        os.close(log_fd)
+    _write_state(
+        settings,
+        {
+            "pid": proc.pid,
+            "port": port,
+            "uri": config.uri,
+            "started_at": datetime.now(UTC).isoformat(),
+            "log": str(log_path),
+        },
+    )
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+            tail = _log_tail(log_path)
+            if "address already in use" in tail.lower():
+                raise _port_taken_error(port)
+            raise CatalogError(
+                f"the catalogue server on port {port} exited with status {proc.returncode}; "
+                f"end of {log_path}:\n{tail}"
+            )
+        if _answers(config, timeout=1.0):
+            return config
+        time.sleep(0.2)
+    _terminate(proc.pid)
+    (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+    raise CatalogError(
+        f"the catalogue server on port {port} was not ready after {timeout:.0f} s; "
+        f"end of {log_path}:\n{_log_tail(log_path)}"
+    )
+
+
+def stop_catalog(settings: Settings) -> bool:
+    """Stop the embedded catalogue server; return True if one was running.
+
+    The data stays on disk: the next ``ensure_catalog`` serves the same runs again.
+    An external catalogue (``HUTCH_CATALOG_URI``) is never stopped.
+    """
+    if _external_config() is not None:
+        return False
+    with _start_lock(settings):
+        state = _read_state(settings)
+        (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+        if state is None or not _is_tiled_process(state.get("pid", 0)):
+            return False
+        _terminate(state["pid"])
+        return True
+
+
+def catalog_status(settings: Settings) -> dict[str, Any] | None:
+    """The catalogue's state (uri, pid, port, started_at, ready), or None if none is running."""
+    if (external := _external_config()) is not None:
+        return {"uri": external.uri, "external": True, "ready": _answers(external)}
+    state = _read_state(settings)
+    if state is None or not _is_tiled_process(state.get("pid", 0)):
+        return None
+    config = CatalogConfig(uri=state["uri"], api_key=_api_key(settings))
+    return {**state, "external": False, "ready": _answers(config)}
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+def runs_container(config: CatalogConfig, beamline: str) -> Container:
+    """The catalogue container holding ``beamline``'s runs, created on first use.
+
+    The container carries the ``CatalogOfBlueskyRuns`` spec, so the client returned is
+    bluesky-tiled-plugins' ``CatalogOfBlueskyRuns``: ``c[uid]``, ``c[scan_id]``, ``c[-1]``,
+    ``c.v1`` (databroker's v1 ``Broker``) all work on it.
+    """
+    client = from_uri(config.uri, api_key=config.api_key)
+    if beamline not in client:
+        try:
+            client.create_container(beamline, specs=[RUNS_SPEC])
+        except Exception:
+            # Another process may have created it between the check and the create.
+            if beamline not in client:
+                raise
+    container = client[beamline]
+    if "CatalogOfBlueskyRuns" not in {spec.name for spec in container.specs}:
+        raise CatalogError(
+            f"{config.uri}/api/v1/metadata/{beamline} exists but is not a catalogue of "
+            f"bluesky runs (specs {list(container.specs)})"
+        )
+    return container
+
+
+def make_tiled_writer(container: Container, batch_size: int = DEFAULT_BATCH_SIZE) -> TiledWriter:
+    """A RunEngine callback writing every run's documents into ``container``.
+
+    Events are sent ``batch_size`` at a time and the rest at the run's stop document
+    (see ``DEFAULT_BATCH_SIZE``).  Subscribe it with ``RE.subscribe(writer)``.
+    """
+    return TiledWriter(container, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def run_uri(config: CatalogConfig, beamline: str, uid: str) -> str:
+    """The catalogue URI of one run (its tiled metadata endpoint)."""
+    return f"{config.uri}/api/v1/metadata/{beamline}/{uid}"
+
+
+def _event_counts(run: Container) -> dict[str, int]:
+    stop = run.metadata.get("stop") or {}
+    if "num_events" in stop:  # closed run: the stop document has the count, no extra request
+        return dict(stop["num_events"])
+    # Open run: every stream has a seq_num column as long as the events written so far.
+    return {name: int(run[name]["seq_num"].shape[0]) for name in run}
+
+
+def run_summaries(container: Container, limit: int = 20) -> list[RunSummary]:
+    """Summaries of the ``limit`` most recent runs in ``container``, newest last.
+
+    Only those runs are fetched (tiled slices the container server-side in insertion
+    order); an open run has ``exit_status`` None and the number of events written so far.
+    """
+    base = container.uri
+    summaries = []
+    for run in container.values().tail(limit):
+        start = run.metadata["start"]
+        stop = run.metadata.get("stop") or {}
+        summaries.append(
+            RunSummary(
+                uid=start["uid"],
+                scan_id=start.get("scan_id"),
+                plan_name=start.get("plan_name"),
+                start_time=datetime.fromtimestamp(start["time"], UTC),
+                exit_status=stop.get("exit_status"),
+                events=_event_counts(run),
+                uri=f"{base}/{start['uid']}",
+            )
+        )
+    return summaries
+
+
+def get_run(container: Container, key: str | int) -> Container:
+    """One run by uid (or a unique uid prefix of 5+ characters), scan_id, or -N for the Nth newest.
+
+    Raises ``KeyError`` if there is no such run.
+    """
+    try:
+        return container[key]
+    except IndexError:  # -N beyond the number of runs
+        raise KeyError(key) from None
+
+
+def documents_of(run: Container) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Replay a run's bluesky documents (start, descriptors, events, ..., stop) from tiled.
+
+    The server rebuilds them from what it stored, so this is what a consumer of the
+    catalogue sees; events may come back as individual ``event`` documents.
+    """
+    for name, doc in run.documents():
+        yield name, dict(doc)

@@ -1,0 +1,83 @@
+"""The hutch command as a user runs it: subprocesses, real simulator, real catalogue."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+
+from hutch.ca import ca_client_env
+
+HUTCH = [sys.executable, "-m", "hutch.cli"]
+
+
+def _hutch(*args, env, timeout=600, check=True):
+    proc = subprocess.run([*HUTCH, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"hutch {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def _env(tmp_path, free_port, ca_port):
+    env = dict(os.environ)
+    env.update(ca_client_env(ca_port))
+    env.update(
+        HUTCH_DATA_DIR=str(tmp_path / "data"),
+        HUTCH_CATALOG_PORT=str(free_port()),
+        HUTCH_CA_PORT=str(ca_port),
+    )
+    return env
+
+
+def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
+    env = _env(tmp_path, free_port, free_port())
+    proc = _hutch("demo", "--json", env=env)
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True, summary["checks"]
+    assert summary["simulator_started"] is True
+    plan_names = [run["plan_name"] for run in summary["runs"]]
+    assert plan_names == ["count", "scan", "scan", "align"]
+    for run in summary["runs"]:
+        assert run["exit_status"] == "success"
+        assert run["events"]["primary"] > 0
+        with h5py.File(run["nexus"], "r") as f:
+            assert f["entry/entry_identifier"][()].decode() == run["uid"]
+        assert Path(run["png"]).stat().st_size > 1000
+        assert run["catalog_uri"].endswith(run["uid"])
+    align = summary["runs"][-1]
+    assert abs(align["fitted_center"] - align["true_center"]) <= 0.02 * align["true_center"]
+    assert all(check["ok"] for check in summary["checks"])
+
+    # The catalogue (restarted on demand) lists the demo's runs.
+    runs = json.loads(_hutch("runs", "--json", env=env).stdout)
+    assert [r["uid"] for r in runs][-4:] == [run["uid"] for run in summary["runs"]]
+    _hutch("catalog", "down", env=env)
+    # The demo stopped the simulator it started.
+    assert _hutch("sim", "status", env=env, check=False).returncode == 1
+
+
+def test_run_plan_from_the_command_line(tmp_path, free_port):
+    env = _env(tmp_path, free_port, free_port())
+    _hutch("sim", "up", "--detach", env=env)
+    try:
+        proc = _hutch("run", "scan", "[det]", "sample_x", "0", "1", "num=5", "-q", env=env)
+        uid = proc.stdout.strip().splitlines()[-1]
+        assert len(uid) == 36
+        runs = json.loads(_hutch("runs", "--json", env=env).stdout)
+        assert runs[-1]["uid"] == uid and runs[-1]["events"] == {"primary": 5}
+
+        bad = _hutch("run", "scan", "[det]", "sample_q", "0", "1", "num=5", env=env, check=False)
+        assert bad.returncode == 2
+        assert "'sample_q' is neither a Python literal nor a device" in bad.stderr
+        bad = _hutch("run", "teleport", env=env, check=False)
+        assert bad.returncode == 2 and "plan 'teleport' is not offered" in bad.stderr
+        bad = _hutch("run", "count", "[det]", "nmu=3", env=env, check=False)
+        assert bad.returncode == 2 and "nmu" in bad.stderr
+    finally:
+        _hutch("sim", "down", env=env)
+        _hutch("catalog", "down", env=env)

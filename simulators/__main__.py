@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 
 from hutch.profile import load_profile
 
 from .ioc import serve
+
+
+def _exit_with(pid: int) -> None:
+    """End this server (as SIGTERM would) once process ``pid`` has gone."""
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        except PermissionError:
+            pass  # alive, owned by someone else
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="demo", help="profile name or path")
     parser.add_argument("--port", type=int, default=None, help="CA server port (profile's)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--exit-with", type=int, metavar="PID", help="exit when PID exits")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -29,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = load_profile(args.profile)
     # SIGTERM (hutch sim down) ends the server like Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.exit_with:
+        threading.Thread(target=_exit_with, args=(args.exit_with,), daemon=True).start()
     serve(profile, args.port or profile.simulation.port, args.host)
     return 0
 

@@ -97,8 +97,12 @@ def start(
     wait: bool = True,
     timeout: float = 30.0,
     host: str = "127.0.0.1",
+    exit_with: int | None = None,
 ) -> SimState:
     """Start ``profile``'s simulator in the background on ``host:port``.
+
+    With ``exit_with`` (a pid) the simulator exits soon after that process ends, so a
+    program's own simulator never outlives it and its CA clients see no disconnect.
 
     With ``wait``, return once one of its PVs answers over Channel Access; raise
     :class:`SimulatorStartError` (with the log tail) if it exits or does not answer in time.
@@ -122,6 +126,7 @@ def start(
         str(port),
         "--host",
         host,
+        *(["--exit-with", str(exit_with)] if exit_with else []),
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(

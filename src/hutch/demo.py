@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,10 @@ def run_demo(
     )
     state = simulators.status(profile.name, settings)
     if state is None:
-        state = simulators.start(profile, port, settings)
+        # The demo's own simulator ends with the demo's process (after its CA clients).
+        state = simulators.start(
+            profile, port, settings, exit_with=None if keep_running else os.getpid()
+        )
         summary.simulator_started = True
         print(f"  simulator started on 127.0.0.1:{state.port} (pid {state.pid})", file=out)
     else:
@@ -187,8 +191,6 @@ def run_demo(
         _demo_runs(profile, session, summary)
     finally:
         if not keep_running:
-            if summary.simulator_started:
-                simulators.stop(profile.name, settings)
             stop_catalog(settings)
     for run in summary.runs:
         _print_run(run, out)

@@ -81,14 +81,15 @@ def _is_grid(run: _Run) -> bool:
     return len(dimensions) == 2 and len(shape) == 2
 
 
-def _draw_lines(ax: Axes, run: _Run, fields: list[str]) -> None:
+def _draw_lines(axes: list[Axes], run: _Run, fields: list[str]) -> None:
+    """One panel per detector field, sharing the x axis, so a monitor's scale does not
+    flatten a weak signal."""
     x, xlabel = _x_axis(run)
-    for key in fields:
-        ax.plot(x, _column(run, key), marker="o", markersize=3, label=_label(run, key))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(_label(run, fields[0]) if len(fields) == 1 else "value")
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(True, alpha=0.3)
+    for ax, key in zip(axes, fields, strict=True):
+        ax.plot(x, _column(run, key), marker="o", markersize=3)
+        ax.set_ylabel(_label(run, key))
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel(xlabel)
 
 
 def _edges(positions: np.ndarray, n: int) -> tuple[float, float]:
@@ -124,22 +125,25 @@ def _draw_grid(fig: Figure, ax: Axes, run: _Run, key: str) -> None:
 def render(run: _Run, stop: dict[str, Any]) -> Figure:
     """The figure for a finished run (a 'no data' note when nothing plottable was recorded)."""
     start = run.start
-    fig = Figure(figsize=(8, 5), layout="constrained")
+    fields = _detector_fields(run)
+    lines = bool(run.seq_num and fields) and not _is_grid(run)
+    fig = Figure(figsize=(8, 2 + 2.2 * len(fields) if lines else 5), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(
+    fig.suptitle(
         f"{start.get('plan_name', 'run')} #{start.get('scan_id', '?')} "
         f"{str(start.get('uid', ''))[:8]} ({stop.get('exit_status', 'unknown')})"
     )
-    fields = _detector_fields(run)
-    if not run.seq_num or not fields:
+    if lines:
+        _draw_lines(
+            list(fig.subplots(len(fields), 1, sharex=True, squeeze=False)[:, 0]), run, fields
+        )
+    elif run.seq_num and fields:
+        _draw_grid(fig, fig.add_subplot(), run, fields[0])
+    else:
+        ax = fig.add_subplot()
         reason = "no data" if not run.seq_num else "no data: no plottable detector field"
         ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=16)
         ax.set_axis_off()
-    elif _is_grid(run):
-        _draw_grid(fig, ax, run, fields[0])
-    else:
-        _draw_lines(ax, run, fields)
     return fig
 
 
@@ -147,10 +151,11 @@ class PlotSaver(DocumentRouter):
     """Save one PNG per run in ``directory`` when the run stops.
 
     Subscribe it to a RunEngine (``RE.subscribe(PlotSaver(path))``) or feed it a replay. It
-    plots the primary stream: each hinted detector field against the first scanned motor (or
-    time for a count), or an image of the first detector field for a 2-D grid scan; a run with
-    no events still gets a PNG saying "no data". Drawing uses matplotlib's Agg canvas directly,
-    never pyplot, so it is safe off the main thread and leaves no figures open.
+    plots the primary stream: each hinted detector field in a panel of its own against the
+    first scanned motor (or time for a count), or an image of the first detector field for a
+    2-D grid scan; a run with no events still gets a PNG saying "no data". Drawing uses
+    matplotlib's Agg canvas directly, never pyplot, so it is safe off the main thread and
+    leaves no figures open.
     ``path_for(uid)`` and ``last_path`` tell where a run's plot went.
     """
 

@@ -229,17 +229,22 @@ class MotorRecord(PVGroup):
         """Trapezoidal motion at the record's speed with ACCL ramps, in real time."""
         velocity = 0.0
         last = time.monotonic()
-        while True:
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            dt, last = now - last, now
-            remaining = self._target - self._dial
-            if remaining == 0:
-                break
+        while (remaining := self._target - self._dial) != 0:
             speed = self._speed()
+            if math.isinf(speed):  # no velocity configured at all: arrive at once
+                self._dial = self._target
+                break
             accl = self.fields.seconds_to_velocity.value
             accel = speed / accl if accl > 0 and math.isfinite(speed) else math.inf
-            # Decelerate so as to stop at the target; retargets just change `remaining`.
+            # Update the readback every TICK, but never sleep past the arrival: a short move
+            # at high speed completes in its own time, not a whole tick.
+            arrival = abs(remaining) / speed + (accl if math.isfinite(accel) else 0.0)
+            await asyncio.sleep(min(TICK, arrival))
+            now = time.monotonic()
+            dt, last = now - last, now
+            remaining = self._target - self._dial  # a retarget may have come in meanwhile
+            if remaining == 0:
+                break
             wanted = min(speed, math.sqrt(2 * accel * abs(remaining)))
             velocity = min(wanted, velocity + accel * dt)
             step = velocity * dt

@@ -414,7 +414,18 @@ def runs_container(config: CatalogConfig, beamline: str) -> Container:
             f"{config.uri}/api/v1/metadata/{beamline} exists but is not a catalogue of "
             f"bluesky runs (specs {list(container.specs)})"
         )
-    return container
+    return _v3(container)
+
+
+def _v3(container: Container) -> Container:
+    """The container with runs read in the v3 (SQL) layout, whatever was used before.
+
+    bluesky-tiled-plugins 2.0's ``.v1``/``.v2`` accessors ``copy.copy`` tiled's
+    ``OneShotCachedMap`` of structure clients, which shares its dict, so using databroker's
+    v1 API anywhere in the process switches every run client to the v2 layout (streams with
+    'data'/'timestamps' sub-containers). ``.v3`` sets it back; it makes no request.
+    """
+    return container.v3
 
 
 def make_tiled_writer(container: Container, batch_size: int = DEFAULT_BATCH_SIZE) -> TiledWriter:
@@ -452,7 +463,7 @@ def run_summaries(container: Container, limit: int = 20) -> list[RunSummary]:
     """
     base = container.uri
     summaries = []
-    for run in container.values().tail(limit):
+    for run in _v3(container).values().tail(limit):
         start = run.metadata["start"]
         stop = run.metadata.get("stop") or {}
         summaries.append(
@@ -475,7 +486,7 @@ def get_run(container: Container, key: str | int) -> Container:
     Raises ``KeyError`` if there is no such run.
     """
     try:
-        return container[key]
+        return _v3(container)[key]
     except IndexError:  # -N beyond the number of runs
         raise KeyError(key) from None
 

@@ -13,6 +13,7 @@ from typing import Any
 from caproto.server import PVGroup
 
 from hutch.ca import LOOPBACK, ca_server_env
+from hutch.errors import HutchError
 from hutch.profile import DeviceSpec, Profile
 
 from .beam import BeamCurrentSource
@@ -38,7 +39,7 @@ SimulatorFactory = Callable[[DeviceSpec], PVGroup]
 _REGISTRY: dict[type, SimulatorFactory] = {}
 
 
-class SimulatorError(RuntimeError):
+class SimulatorError(HutchError, RuntimeError):
     """The profile asks for something the simulator cannot serve."""
 
 

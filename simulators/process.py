@@ -8,17 +8,15 @@ what is running where.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hutch import services
 from hutch.config import Settings
+from hutch.errors import HutchError
 from hutch.profile import Profile
 
 from .control import ca_read
@@ -26,7 +24,7 @@ from .control import ca_read
 __all__ = ["SimState", "SimulatorStartError", "start", "status", "stop"]
 
 
-class SimulatorStartError(RuntimeError):
+class SimulatorStartError(HutchError, RuntimeError):
     """The simulator did not come up; the message ends with the tail of its log."""
 
 
@@ -54,17 +52,8 @@ def _log_file(profile_name: str, settings: Settings) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours still "exists": reap it if it has exited.
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    return True
+    # The marker is in every simulator's command line (``python -m hutch.simulators``).
+    return services.process_alive(pid, marker=b"hutch.simulators")
 
 
 def _probe_pv(profile: Profile) -> str:
@@ -81,13 +70,6 @@ def _answers(pv: str, port: int, host: str, timeout: float = 1.0) -> bool:
     except Exception:
         return False
     return True
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def start(
@@ -128,15 +110,7 @@ def start(
         host,
         *(["--exit-with", str(exit_with)] if exit_with else []),
     ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    process = services.spawn_detached(command, log_path)
     state = SimState(
         pid=process.pid,
         port=port,
@@ -145,7 +119,7 @@ def start(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         host=host,
     )
-    _state_file(profile.name, settings).write_text(json.dumps(state.to_json(), indent=2))
+    services.write_state(_state_file(profile.name, settings), state.to_json())
     if not wait:
         return state
 
@@ -156,7 +130,7 @@ def start(
             _state_file(profile.name, settings).unlink(missing_ok=True)
             raise SimulatorStartError(
                 f"simulator for {profile.name!r} exited with code {process.returncode}; "
-                f"log {log_path}:\n{_log_tail(log_path)}"
+                f"log {log_path}:\n{services.log_tail(log_path)}"
             )
         if _answers(probe, port, host, timeout=0.5):
             return state
@@ -164,15 +138,15 @@ def start(
     stop(profile.name, settings)
     raise SimulatorStartError(
         f"simulator for {profile.name!r} did not answer {probe} on {host}:{port} within "
-        f"{timeout:g} s; log {log_path}:\n{_log_tail(log_path)}"
+        f"{timeout:g} s; log {log_path}:\n{services.log_tail(log_path)}"
     )
 
 
 def _read_state(profile_name: str, settings: Settings) -> SimState | None:
-    path = _state_file(profile_name, settings)
+    data = services.read_state(_state_file(profile_name, settings))
     try:
-        return SimState(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        return SimState(**data) if data is not None else None
+    except TypeError:  # written by another version of SimState
         return None
 
 
@@ -202,13 +176,5 @@ def stop(profile_name: str, settings: Settings, timeout: float = 10.0) -> bool:
     _state_file(profile_name, settings).unlink(missing_ok=True)
     if state is None or not _alive(state.pid):
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(state.pid):
-            return True
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state.pid, signal.SIGKILL)
+    services.terminate(state.pid, timeout)
     return True

@@ -75,6 +75,20 @@ def test_run_plan_from_the_command_line(tmp_path, free_port):
         runs = json.loads(_hutch("runs", "--json", env=env).stdout)
         assert runs[-1]["uid"] == uid and runs[-1]["events"] == {"primary": 5}
 
+        # A target beyond the soft limits fails the run mid-scan: the error names the motor,
+        # target and limits, and the point acquired before stays in catalogue and NeXus.
+        bad = _hutch("run", "scan", "[det]", "sample_x", "0", "50", "num=3", env=env, check=False)
+        assert bad.returncode == 1
+        assert "sample_x" in bad.stderr and "25.0" in bad.stderr and "limits" in bad.stderr
+        failed = bad.stdout.strip().splitlines()[-1]
+        runs = json.loads(_hutch("runs", "--json", env=env).stdout)
+        assert runs[-1]["uid"] == failed and runs[-1]["exit_status"] == "fail"
+        assert runs[-1]["events"] == {"primary": 1}
+        (nexus,) = (tmp_path / "data" / "nexus").glob(f"*{failed[:8]}*.nxs")
+        with h5py.File(nexus, "r") as f:
+            assert f["entry/data/sample_x"].shape == (1,)
+            assert f["entry/run_status/exit_status"][()].decode() == "fail"
+
         bad = _hutch("run", "scan", "[det]", "sample_q", "0", "1", "num=5", env=env, check=False)
         assert bad.returncode == 2
         assert "'sample_q' is neither a Python literal nor a device" in bad.stderr

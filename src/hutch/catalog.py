@@ -16,9 +16,7 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +31,9 @@ from tiled.client import from_uri
 from tiled.client.container import Container
 from tiled.structures.core import Spec
 
+from hutch import services
 from hutch.config import Settings
+from hutch.errors import HutchError
 
 __all__ = [
     "CatalogConfig",
@@ -68,7 +68,7 @@ _SERVER_CONFIG = "catalog-config.yml"
 _API_KEY_FILE = "api_key"
 
 
-class CatalogError(RuntimeError):
+class CatalogError(HutchError, RuntimeError):
     """The catalogue could not be started, reached or used."""
 
 
@@ -166,37 +166,13 @@ def _server_config(settings: Settings) -> str:
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
-def _read_state(settings: Settings) -> dict[str, Any] | None:
-    try:
-        return json.loads((settings.run_dir / _STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_state(settings: Settings, state: dict[str, Any]) -> None:
-    path = settings.run_dir / _STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)  # atomic: readers never see half a file
+def _state_path(settings: Settings) -> Path:
+    return settings.run_dir / _STATE_FILE
 
 
 def _is_tiled_process(pid: int) -> bool:
     """True if ``pid`` is alive and is a tiled server (not a recycled pid or a zombie)."""
-    if not Path("/proc/self/stat").exists():  # no procfs (macOS): trust the pid
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X") and b"tiled" in cmdline
+    return services.process_alive(pid, marker=b"tiled")
 
 
 def _answers(config: CatalogConfig, timeout: float = 2.0) -> bool:
@@ -230,13 +206,6 @@ def _port_taken_error(port: int) -> CatalogError:
     )
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 @contextlib.contextmanager
 def _start_lock(settings: Settings) -> Iterator[None]:
     """Serialise check-and-start across processes (session, queue server, CLI)."""
@@ -247,23 +216,6 @@ def _start_lock(settings: Settings) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _terminate(pid: int, timeout: float = 10.0) -> None:
-    """Stop the server's process group: SIGTERM (uvicorn shuts down cleanly), then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
-        if not _is_tiled_process(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
@@ -280,7 +232,7 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
     port = settings.catalog_port
     config = CatalogConfig(uri=f"http://127.0.0.1:{port}", api_key=_api_key(settings))
     with _start_lock(settings):
-        state = _read_state(settings)
+        state = services.read_state(_state_path(settings))
         if state is not None:
             pid = state.get("pid")
             if pid and _is_tiled_process(pid):
@@ -288,8 +240,8 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
                 if _answers(recorded):
                     return recorded
                 # Alive but deaf (hung, or started on another port): replace it.
-                _terminate(pid)
-            (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+                services.terminate(pid)
+            _state_path(settings).unlink(missing_ok=True)
         if not _port_free(port):
             raise _port_taken_error(port)
         return _start(settings, config, timeout)
@@ -301,35 +253,29 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
     server_config = settings.run_dir / _SERVER_CONFIG
     server_config.write_text(_server_config(settings))
     log_path = settings.run_dir / _LOG_FILE
-    # tiled prints the connection URL, key included, so the log is private like the key.
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     # The key goes through the environment, not argv, so `ps` does not show it.
     env = {**os.environ, "TILED_SINGLE_USER_API_KEY": config.api_key or ""}
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tiled",
-                "serve",
-                "config",
-                str(server_config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # outlives this process and its Ctrl-C
-        )
-    finally:
-        os.close(log_fd)
-    _write_state(
-        settings,
+    proc = services.spawn_detached(
+        [
+            sys.executable,
+            "-m",
+            "tiled",
+            "serve",
+            "config",
+            str(server_config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        log_path,
+        env=env,
+        # tiled prints the connection URL, key included, so the log is private like the key.
+        log_mode=0o600,
+    )
+    services.write_state(
+        _state_path(settings),
         {
             "pid": proc.pid,
             "port": port,
@@ -341,8 +287,8 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
     deadline = started + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
-            tail = _log_tail(log_path)
+            _state_path(settings).unlink(missing_ok=True)
+            tail = services.log_tail(log_path)
             if "address already in use" in tail.lower():
                 raise _port_taken_error(port)
             raise CatalogError(
@@ -352,11 +298,11 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
         if _answers(config, timeout=1.0):
             return config
         time.sleep(0.2)
-    _terminate(proc.pid)
-    (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+    services.terminate(proc.pid)
+    _state_path(settings).unlink(missing_ok=True)
     raise CatalogError(
         f"the catalogue server on port {port} was not ready after {timeout:.0f} s; "
-        f"end of {log_path}:\n{_log_tail(log_path)}"
+        f"end of {log_path}:\n{services.log_tail(log_path)}"
     )
 
 
@@ -369,11 +315,11 @@ def stop_catalog(settings: Settings) -> bool:
     if _external_config() is not None:
         return False
     with _start_lock(settings):
-        state = _read_state(settings)
-        (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+        state = services.read_state(_state_path(settings))
+        _state_path(settings).unlink(missing_ok=True)
         if state is None or not _is_tiled_process(state.get("pid", 0)):
             return False
-        _terminate(state["pid"])
+        services.terminate(state["pid"])
         return True
 
 
@@ -381,7 +327,7 @@ def catalog_status(settings: Settings) -> dict[str, Any] | None:
     """The catalogue's state (uri, pid, port, started_at, ready), or None if none is running."""
     if (external := _external_config()) is not None:
         return {"uri": external.uri, "external": True, "ready": _answers(external)}
-    state = _read_state(settings)
+    state = services.read_state(_state_path(settings))
     if state is None or not _is_tiled_process(state.get("pid", 0)):
         return None
     config = CatalogConfig(uri=state["uri"], api_key=_api_key(settings))

@@ -8,13 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from hutch.config import Settings
+from hutch.errors import HutchError
 from hutch.profile import Profile, ProfileError, load_profile
 from hutch.runplan import PlanArgumentError
 
 __all__ = ["main"]
 
 
-class CommandError(Exception):
+class CommandError(HutchError):
     """A command cannot go on; the message says what is at fault."""
 
 
@@ -107,7 +108,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_ca_client(port)
     session = Session(profile, settings, live_table=not args.quiet)
     plan = build_plan(profile, session.devices, args.plan, args.params)
-    result = session.run(plan)
+    try:
+        result = session.run(plan)
+    except Exception as exc:
+        # The RunEngine has closed the run(s) with exit_status 'fail'; what was acquired is in
+        # the NeXus file and the catalogue. Say which runs, then what went wrong.
+        for record in session.runs:
+            print(record.uid)
+        runs = ", ".join(
+            f"{r.uid[:8]} ({r.exit_status}, {sum(r.events.values())} events kept)"
+            for r in session.runs
+        )
+        raise CommandError(f"plan {args.plan} failed: {exc}\n  run(s): {runs or 'none'}") from exc
     for uid in result.run_start_uids:
         print(uid)
     if result.exit_status != "success":
@@ -235,9 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, ProfileError, ConnectionError, PlanArgumentError) as exc:
+    except (ProfileError, PlanArgumentError) as exc:  # bad input: nothing was started
         print(f"hutch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (HutchError, ConnectionError) as exc:
+        print(f"hutch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

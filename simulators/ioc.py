@@ -170,7 +170,7 @@ def ensure_repeater() -> None:
 def serve(profile: Profile, port: int, host: str = LOOPBACK) -> None:
     """Serve ``profile``'s simulated beamline over Channel Access on ``host:port`` (blocks)."""
     os.environ.update(ca_server_env(port, host))
-    from caproto.asyncio.server import run
+    from .server import run  # after the environment is set: caproto reads it on import
 
     pvdb = make_pvdb(profile)
     ensure_repeater()

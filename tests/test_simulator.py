@@ -218,3 +218,49 @@ def test_device_without_simulator_is_named(demo_profile):
     profile = demo_profile.model_copy(update={"devices": [*demo_profile.devices, odd]})
     with pytest.raises(SimulatorError, match=r"'odd'.*ophyd\.device\.Device"):
         make_pvdb(profile)
+
+
+def test_ca_server_circuits_have_nagle_off(free_port, monkeypatch):
+    """Without TCP_NODELAY a put-callback reply waits ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+    import threading
+
+    from caproto.server import PVGroup, pvproperty
+
+    from hutch.simulators.server import NoDelayContext
+
+    class One(PVGroup):
+        x = pvproperty(value=1.0)
+
+    port = free_port()
+    monkeypatch.setenv("EPICS_CA_SERVER_PORT", str(port))  # caproto binds this port
+    loop = asyncio.new_event_loop()
+    contexts = []
+
+    async def serve():
+        contexts.append(NoDelayContext(One(prefix="nodelay:").pvdb, ["127.0.0.1"]))
+        await contexts[0].run()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the CA server did not start"
+                time.sleep(0.1)
+        with client:
+            while not contexts[0].circuits:
+                assert time.monotonic() < deadline, "the CA server did not accept"
+                time.sleep(0.05)
+            (circuit,) = contexts[0].circuits
+            server_side = circuit.client.writer.get_extra_info("socket")
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for task in asyncio.all_tasks(loop):
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=10)

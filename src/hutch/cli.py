@@ -150,8 +150,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from hutch.bench import run_bench
 
-    profile, settings, _ = _context(args)
-    run_bench(profile, settings, points=args.points, as_json=args.json)
+    run_bench(load_profile(args.profile), points=args.points, ops=args.ops, as_json=args.json)
     return 0
 
 
@@ -228,11 +227,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure step-scan overhead against the Channel Access floor",
-        description="Start a private simulator and time a step scan per point for hutch's "
-        "devices, ophyd v1/pyepics and raw Channel Access, printing the ratios.",
+        description="Against a private simulator, catalogue and C softIoc: CA latency of the "
+        "simulator beside the C softIoc, and a step scan's cost per point for raw Channel "
+        "Access, hutch's devices with and without subscriptions, and ophyd v1/pyepics.",
     )
-    _common(p, port=False)
-    p.add_argument("--points", type=int, default=200)
+    p.add_argument("--profile", default="demo", help="beamline profile name or path")
+    p.add_argument("--points", type=int, default=200, help="points per step scan")
+    p.add_argument("--ops", type=int, default=500, help="operations per latency row")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
 

@@ -18,6 +18,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+import random  # noqa: E402
 import socket  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
@@ -28,21 +29,32 @@ from hutch.config import Settings  # noqa: E402
 from hutch.profile import Profile, load_profile  # noqa: E402
 
 
+def _port_range() -> range:
+    """This worker's share of 20000-31999, below Linux's ephemeral range (32768-60999).
+
+    Ports the kernel hands out for outgoing connections (tiled clients, CA clients) never
+    land here, and two xdist workers never pick the same port.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    start = 20000 + (index % 6) * 2000
+    return range(start, start + 2000)
+
+
 def _free_port() -> int:
     """A loopback port free for both TCP and UDP (a CA server needs both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if port in (5064, 5065):
+    for port in random.sample(_port_range(), 200):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            except OSError:
                 continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free TCP+UDP port on 127.0.0.1")
+        return port
+    raise RuntimeError(f"no free TCP+UDP port on 127.0.0.1 in {_port_range()}")
 
 
 @pytest.fixture(scope="session")

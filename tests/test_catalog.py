@@ -34,12 +34,6 @@ from hutch.config import Settings
 BEAMLINE = "testbl"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _json(doc):
     """As the catalogue stores it: the RunEngine emits tuples where tiled gives back lists."""
     return json.loads(json.dumps(doc))
@@ -53,8 +47,8 @@ def _embedded_catalog(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), catalog_port=_free_port())
+def settings(tmp_path_factory, free_port):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), catalog_port=free_port())
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("HUTCH_CATALOG_URI", raising=False)
         ensure_catalog(settings)
@@ -214,8 +208,8 @@ def test_api_key_is_private_and_alphanumeric(settings, catalog):
         assert catalog.api_key.encode() not in cmdline.read()
 
 
-def test_server_is_reused_stopped_and_keeps_runs_across_restarts(tmp_path):
-    settings = Settings(data_dir=tmp_path, catalog_port=_free_port())
+def test_server_is_reused_stopped_and_keeps_runs_across_restarts(tmp_path, free_port):
+    settings = Settings(data_dir=tmp_path, catalog_port=free_port())
     assert catalog_status(settings) is None
     # Two callers at once get one server: the start is serialised by a file lock.
     with ThreadPoolExecutor(2) as pool:
@@ -255,10 +249,10 @@ def test_a_taken_port_is_reported_with_the_setting_to_change(tmp_path):
     assert catalog_status(settings) is None
 
 
-def test_external_catalog_from_the_environment_starts_nothing(tmp_path, monkeypatch):
+def test_external_catalog_from_the_environment_starts_nothing(tmp_path, monkeypatch, free_port):
     monkeypatch.setenv("HUTCH_CATALOG_URI", "http://tiled.example:8000/")
     monkeypatch.setenv("HUTCH_CATALOG_API_KEY", "abc123")
-    settings = Settings(data_dir=tmp_path, catalog_port=_free_port())
+    settings = Settings(data_dir=tmp_path, catalog_port=free_port())
     config = ensure_catalog(settings)
     assert (config.uri, config.api_key, config.external) == (
         "http://tiled.example:8000",

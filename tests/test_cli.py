@@ -42,7 +42,7 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     assert summary["ok"] is True, summary["checks"]
     assert summary["simulator_started"] is True
     plan_names = [run["plan_name"] for run in summary["runs"]]
-    assert plan_names == ["count", "scan", "scan", "align"]
+    assert plan_names == ["count", "scan", "scan", "align", "count"]
     for run in summary["runs"]:
         assert run["exit_status"] == "success"
         assert run["events"]["primary"] > 0
@@ -50,13 +50,16 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
             assert f["entry/entry_identifier"][()].decode() == run["uid"]
         assert Path(run["png"]).stat().st_size > 1000
         assert run["catalog_uri"].endswith(run["uid"])
-    align = summary["runs"][-1]
+    align = summary["runs"][3]
     assert abs(align["fitted_center"] - align["true_center"]) <= 0.02 * align["true_center"]
+    dump = summary["runs"][4]  # a beam dump mid-count: suspended, resumed, no point without beam
+    assert dump["longest_gap_seconds"] >= dump["beam_off_seconds"]
+    assert dump["lowest_current"] > 10
     assert all(check["ok"] for check in summary["checks"])
 
     # The catalogue (restarted on demand) lists the demo's runs.
     runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-    assert [r["uid"] for r in runs][-4:] == [run["uid"] for run in summary["runs"]]
+    assert [r["uid"] for r in runs][-5:] == [run["uid"] for run in summary["runs"]]
     _hutch("catalog", "down", env=env)
     # The simulator the demo started ended with it.
     deadline = time.monotonic() + 30

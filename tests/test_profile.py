@@ -71,3 +71,12 @@ def test_invalid_toml_and_missing_profile(tmp_path):
         load_profile(path)
     with pytest.raises(ProfileError, match="no profile named 'atlantis'"):
         load_profile("atlantis")
+
+
+def test_suspender_must_name_a_device_and_resume_above_its_floor(tmp_path):
+    path = _broken(tmp_path, 'device = "ring_current"', 'device = "ring_currant"')
+    with pytest.raises(ProfileError, match="suspenders.0.device names device 'ring_currant'"):
+        load_profile(path)
+    path = _broken(tmp_path, "resume_above = 250.0", "resume_above = 5.0")
+    with pytest.raises(ProfileError, match=r"suspenders\.0: .*resume_above \(5\) is below"):
+        load_profile(path)

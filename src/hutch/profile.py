@@ -22,6 +22,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "SimulationSpec",
+    "SuspenderSpec",
     "find_profile",
     "load_profile",
     "resolve_class",
@@ -110,6 +111,26 @@ class PeakModel(_Strict):
     reference_current: float = Field(default=300.0, gt=0)
 
 
+class SuspenderSpec(_Strict):
+    """Suspend any run while a signal is below a floor (e.g. the beam current), and resume
+    it ``sleep`` seconds after the signal is back above ``resume_above``."""
+
+    device: str
+    signal: str
+    """Attribute path of the watched signal on the device, e.g. ``current``."""
+    below: float
+    resume_above: float
+    sleep: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> SuspenderSpec:
+        if self.resume_above < self.below:
+            raise ValueError(
+                f"resume_above ({self.resume_above:g}) is below below ({self.below:g})"
+            )
+        return self
+
+
 class SimulationSpec(_Strict):
     """How ``hutch sim`` simulates this beamline."""
 
@@ -139,6 +160,7 @@ class Profile(_Strict):
     plans: list[str]
     """Names of the plans offered at this beamline (from ``hutch.plans``)."""
     devices: list[DeviceSpec]
+    suspenders: list[SuspenderSpec] = []
     simulation: SimulationSpec = SimulationSpec()
     path: Path | None = Field(default=None, exclude=True)
 
@@ -161,6 +183,12 @@ class Profile(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate device name(s): {', '.join(duplicates)}")
+        for i, suspender in enumerate(self.suspenders):
+            if suspender.device not in names:
+                raise ValueError(
+                    f"suspenders.{i}.device names device {suspender.device!r}, "
+                    "which is not in [[devices]]"
+                )
         peak = self.simulation.peak
         if peak is not None:
             for key in ("axis", "gap", "current"):

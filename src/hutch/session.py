@@ -19,6 +19,7 @@ from hutch.catalog import CatalogConfig, ensure_catalog, make_tiled_writer, run_
 from hutch.config import Settings
 from hutch.devices import connect_devices, make_devices
 from hutch.profile import Profile
+from hutch.suspenders import make_suspender
 
 __all__ = ["RunRecord", "Session"]
 
@@ -35,7 +36,7 @@ class RunRecord:
     exit_status: str | None = None
     reason: str = ""
     events: dict[str, int] = field(default_factory=dict)
-    """Number of events per stream."""
+    """Number of events per stream (points, as the stop document counts them)."""
     nexus: Path | None = None
     png: Path | None = None
     catalog_uri: str | None = None
@@ -70,6 +71,8 @@ class _RunRecorder(DocumentRouter):
         if record is not None:
             record.exit_status = doc["exit_status"]
             record.reason = doc.get("reason", "")
+            # The RunEngine's count: a point taken again after a suspension counts once.
+            record.events.update(doc.get("num_events") or {})
 
 
 class Session:
@@ -78,7 +81,9 @@ class Session:
     the catalogue.
 
     Use ``session.run(plan)`` (or ``session.RE(plan)``); ``session.devices`` maps device names
-    to devices; ``session.runs`` lists what each run produced.
+    to devices; ``session.runs`` lists what each run produced. The profile's
+    ``[[suspenders]]`` are installed on ``RE`` (``session.suspenders``): a beam dump suspends
+    a run instead of recording points without beam.
     """
 
     def __init__(
@@ -123,8 +128,13 @@ class Session:
 
         self.devices = make_devices(profile)
         self.connection_failures: dict[str, list[str]] = {}
+        self.suspenders = []
         if connect:
             self.connect(connect_timeout)
+            # Suspenders watch live signals: only once they are connected.
+            self.suspenders = [make_suspender(s, self.devices) for s in profile.suspenders]
+            for suspender in self.suspenders:
+                self.RE.install_suspender(suspender)
 
     def connect(self, timeout: float = 10.0, *, raise_on_failure: bool = True) -> None:
         """Connect all devices concurrently; raise listing every missing PV (or keep them)."""

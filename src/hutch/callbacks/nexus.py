@@ -162,13 +162,14 @@ class _Column:
     values: h5py.Dataset
     timestamps: h5py.Dataset
 
-    def append(self, start: int, values: list[Any], timestamps: list[float]) -> None:
-        n = start + len(values)
+    def write(self, rows: list[int], values: list[Any], timestamps: list[float]) -> None:
+        """Write one value per row index, growing the column as needed (never shrinking)."""
+        n = max(self.values.shape[0], max(rows) + 1)
         self.values.resize(n, axis=0)
         self.timestamps.resize(n, axis=0)
-        self.timestamps[start:n] = timestamps
         row_shape = self.values.shape[1:]
-        for i, value in enumerate(values, start):
+        for i, value, timestamp in zip(rows, values, timestamps, strict=True):
+            self.timestamps[i] = timestamp
             if value is None:  # key missing from this event: leave the fill value
                 continue
             try:
@@ -369,18 +370,25 @@ class _Run:
             nxdata.attrs[f"{axis}_indices"] = 0
 
     def add_events(self, stream: _Stream, page: dict[str, Any]) -> None:
-        """Append an event page's rows to every column of the stream and flush."""
-        n = len(page.get("seq_num") or page.get("time") or ())
+        """Write an event page's rows to every column of the stream and flush.
+
+        Row i holds the event with seq_num i + 1: when the RunEngine rewinds (a suspender
+        tripped mid-point) it takes the point again with the same seq_num, and the new reading
+        replaces the superseded one, as the stop document's num_events counts it once.
+        """
+        seq_nums = page.get("seq_num") or []
+        n = len(seq_nums or page.get("time") or ())
         if n == 0:
             return
+        rows = [s - 1 for s in seq_nums] if seq_nums else list(range(stream.rows, stream.rows + n))
         data, timestamps = page.get("data", {}), page.get("timestamps", {})
         for key, column in stream.columns.items():
-            column.append(
-                stream.rows,
+            column.write(
+                rows,
                 list(data.get(key, [None] * n)),
                 list(timestamps.get(key, [np.nan] * n)),
             )
-        stream.rows += n
+        stream.rows = max(stream.rows, max(rows) + 1)
         self.file.flush()
 
     def add_external(self, kind: str, doc: dict[str, Any]) -> None:
@@ -410,9 +418,10 @@ class NexusWriter(DocumentRouter):
     """Save every run as a NeXus file in ``directory``, written event by event.
 
     Subscribe it to a RunEngine (``RE.subscribe(NexusWriter(path))``) or feed it a replay of a
-    run's documents. The file is created at the start document, each event (page) is appended
-    and flushed at once, so a crash loses nothing already acquired, and it is closed at the stop
-    document whatever the exit status. ``path_for(uid)`` and ``last_path`` tell where a run went.
+    run's documents. The file is created at the start document, each event (page) is written
+    (row seq_num - 1 of its stream) and flushed at once, so a crash loses nothing already
+    acquired, and it is closed at the stop document whatever the exit status.
+    ``path_for(uid)`` and ``last_path`` tell where a run went.
 
     ``filename_template`` may use ``beamline`` (start['beamline'], else 'run'), ``scan_id``,
     ``uid``, ``uid8`` (first 8 characters of the uid) and ``plan_name``. An existing file is

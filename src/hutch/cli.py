@@ -122,6 +122,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise CommandError(f"plan {args.plan} failed: {exc}\n  run(s): {runs or 'none'}") from exc
     for uid in result.run_start_uids:
         print(uid)
+    if result.plan_result is not None and not isinstance(result.plan_result, str):
+        # What the plan found (e.g. align's centre); stdout stays the uids for scripts.
+        print(f"{args.plan} returned {result.plan_result}", file=sys.stderr)
     if result.exit_status != "success":
         raise CommandError(f"plan {args.plan} ended {result.exit_status}: {result.reason}")
     return 0

@@ -9,6 +9,8 @@ import numpy as np
 from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, pvproperty
 
+from .options import sim_options
+
 __all__ = ["BeamCurrentSource"]
 
 _DEFAULTS: dict[str, Any] = {"current": 300.0, "noise": 0.05}
@@ -49,13 +51,7 @@ class BeamCurrentSource(PVGroup):
         **kwargs: Any,
     ) -> None:
         super().__init__(prefix, **kwargs)
-        unknown = set(sim or {}) - set(_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"beam current {prefix}: unknown sim option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(_DEFAULTS)}"
-            )
-        self.options = {**_DEFAULTS, **(sim or {})}
+        self.options = sim_options("beam current", prefix, sim, _DEFAULTS)
         self._rng = rng or np.random.default_rng()
 
     @property

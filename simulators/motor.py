@@ -21,6 +21,8 @@ from caproto import SkipWrite
 from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 from caproto.server.records import MotorFields
 
+from .options import sim_options
+
 __all__ = ["MotorRecord"]
 
 TICK = 0.05
@@ -79,13 +81,7 @@ class MotorRecord(PVGroup):
 
     def __init__(self, prefix: str, *, sim: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(prefix, **kwargs)
-        unknown = set(sim or {}) - set(_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"motor {prefix}: unknown sim option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(_DEFAULTS)}"
-            )
-        self.options = {**_DEFAULTS, **(sim or {})}
+        self.options = sim_options("motor", prefix, sim, _DEFAULTS)
         if self.options["max_velocity"] is None:
             self.options["max_velocity"] = self.options["velocity"]
         self._dial = float(self.options["position"])

@@ -10,6 +10,8 @@ from typing import Any
 from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, pvproperty
 
+from .options import sim_options
+
 __all__ = ["NUM_CHANNELS", "ScalerRecord"]
 
 NUM_CHANNELS = 32
@@ -78,13 +80,7 @@ class ScalerRecord(PVGroup):
         **kwargs: Any,
     ) -> None:
         super().__init__(prefix, **kwargs)
-        unknown = set(sim or {}) - set(_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"scaler {prefix}: unknown sim option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(_DEFAULTS)}"
-            )
-        self.options = {**_DEFAULTS, **(sim or {})}
+        self.options = sim_options("scaler", prefix, sim, _DEFAULTS)
         self.channels = dict(channels or {})
         self.count_source = count_source
         self._lock = asyncio.Lock()

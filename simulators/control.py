@@ -18,14 +18,19 @@ DUMP_PV = "SIM:DUMP"
 
 @contextlib.contextmanager
 def _client_env(port: int, host: str) -> Iterator[None]:
-    # caproto's sync client reads the address list from the environment on every search.
-    saved = dict(os.environ)
-    os.environ.update(ca_client_env(port, host))
+    # caproto's sync client reads the address list from the environment on every search (it
+    # takes no address argument). Touch only its variables: other threads read os.environ too.
+    changes = ca_client_env(port, host)
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ca_read(pv: str, port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> Any:

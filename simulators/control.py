@@ -20,7 +20,7 @@ DUMP_PV = "SIM:DUMP"
 def _client_env(port: int, host: str) -> Iterator[None]:
     # caproto's sync client reads the address list from the environment on every search (it
     # takes no address argument). Touch only its variables: other threads read os.environ too.
-    changes = ca_client_env(port, host)
+    changes = ca_client_env(port, host=host)
     saved = {key: os.environ.get(key) for key in changes}
     os.environ.update(changes)
     try:

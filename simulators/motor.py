@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from caproto import SkipWrite
@@ -439,14 +439,20 @@ class MotorRecord(PVGroup):
 
     @motor.fields.user_offset.putter
     async def motor(fields: MotorFields, instance: Any, value: float) -> None:
-        await instance.write(value, verify_value=False)
-        await fields.parent.group._publish_all()
-        raise SkipWrite
+        group: MotorRecord = fields.parent.group
+        await group._store(instance, value, group._publish_all)
 
     @motor.fields.user_direction.putter
     async def motor(fields: MotorFields, instance: Any, value: str) -> None:
+        group: MotorRecord = fields.parent.group
+        await group._store(instance, value, group._publish_all)
+
+    async def _store(
+        self, instance: Any, value: Any, publish: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Keep a written field, re-derive the fields that depend on it, skip caproto's write."""
         await instance.write(value, verify_value=False)
-        await fields.parent.group._publish_all()
+        await publish()
         raise SkipWrite
 
     async def _user_limit(self, instance: Any, value: float, high: bool) -> None:
@@ -468,15 +474,13 @@ class MotorRecord(PVGroup):
 
     @motor.fields.dial_high_limit.putter
     async def motor(fields: MotorFields, instance: Any, value: float) -> None:
-        await instance.write(value, verify_value=False)
-        await fields.parent.group._publish_limits()
-        raise SkipWrite
+        group: MotorRecord = fields.parent.group
+        await group._store(instance, value, group._publish_limits)
 
     @motor.fields.dial_low_limit.putter
     async def motor(fields: MotorFields, instance: Any, value: float) -> None:
-        await instance.write(value, verify_value=False)
-        await fields.parent.group._publish_limits()
-        raise SkipWrite
+        group: MotorRecord = fields.parent.group
+        await group._store(instance, value, group._publish_limits)
 
     @motor.fields.velocity.putter
     async def motor(fields: MotorFields, instance: Any, value: float) -> float:

@@ -24,7 +24,7 @@ from ophyd import Component, EpicsMotor, EpicsSignal
 from ophyd.scaler import EpicsScaler
 
 from hutch import simulators
-from hutch.ca import ca_client_env, ca_server_env
+from hutch.ca import ca_server_env, configure_ca_client
 from hutch.catalog import stop_catalog
 from hutch.config import Settings
 from hutch.devices import Scaler, connect_devices
@@ -114,9 +114,7 @@ def run_bench(
     scaler = next(d for d in profile.devices if issubclass(d.device_class, Scaler))
     motor = profile.device(peak.axis if peak else profile.devices[0].name)
     sim_port, ioc_port = _free_port(), _free_port()
-    # libca reads this once: search both servers.
-    os.environ.update(ca_client_env(sim_port))
-    os.environ["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{sim_port} 127.0.0.1:{ioc_port}"
+    configure_ca_client(sim_port, ioc_port)  # libca reads this once: search both servers
     with tempfile.TemporaryDirectory(prefix="hutch-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), catalog_port=_free_port())
         # Both servers end with this process, after its CA clients.

@@ -7,7 +7,6 @@ context, so clients must be configured before the first PV is touched.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 __all__ = ["ca_client_env", "ca_server_env", "configure_ca_client"]
 
@@ -26,17 +25,16 @@ def ca_server_env(port: int, host: str = LOOPBACK) -> dict[str, str]:
     }
 
 
-def ca_client_env(port: int, host: str = LOOPBACK) -> dict[str, str]:
-    """Environment for a CA client that searches only the server at ``host:port``."""
+def ca_client_env(*ports: int, host: str = LOOPBACK) -> dict[str, str]:
+    """Environment for a CA client that searches only the servers at ``host:port``, ..."""
     return {
-        "EPICS_CA_ADDR_LIST": f"{host}:{port}",
+        "EPICS_CA_ADDR_LIST": " ".join(f"{host}:{port}" for port in ports),
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
         # Large enough for a waveform of a few MB; libca's default is 16 kB.
         "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
     }
 
 
-def configure_ca_client(port: int, environ: Mapping[str, str] | None = None) -> None:
-    """Point this process's CA clients at the simulator on ``port`` (before any CA use)."""
-    env = os.environ if environ is None else environ
-    env.update(ca_client_env(port))  # type: ignore[attr-defined]
+def configure_ca_client(*ports: int) -> None:
+    """Point this process's CA clients at the servers on ``ports`` (before any CA use)."""
+    os.environ.update(ca_client_env(*ports))

@@ -136,7 +136,7 @@ def run_bench(
             print(f"\n{table}")
             print(f"  {'':{width}} {'ms':>8}  x baseline")
             for row in (r for r in rows if r.table == table):
-                vs = f"  (vs {row.baseline})" if row.baseline else ""
+                vs = f"  (vs {row.baseline})" if row.baseline not in (None, row.name) else ""
                 print(f"  {row.name:{width}} {row.ms:8.3f}  {row.ratio:5.2f}{vs}")
     return rows
 
@@ -169,7 +169,7 @@ def _latency(motor: DeviceSpec, scaler: DeviceSpec, ops: int) -> list[BenchRow]:
             _ms_per(ops, gets(sim_rbv)),
             soft_get,
         ),
-        BenchRow(table, soft_put, _ms_per(ops, puts(soft_x))),
+        BenchRow(table, soft_put, _ms_per(ops, puts(soft_x)), soft_put),
         BenchRow(
             table,
             f"caput-callback: hutch simulator, {scaler.prefix}.TP (plain field)",

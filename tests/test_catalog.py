@@ -262,3 +262,15 @@ def test_external_catalog_from_the_environment_starts_nothing(tmp_path, monkeypa
     assert not (settings.run_dir / "catalog.json").exists()
     assert stop_catalog(settings) is False
     assert not os.path.exists(settings.catalog_dir / "api_key")
+
+
+def test_concurrent_starters_all_read_the_same_complete_key(tmp_path):
+    """Racing starters once read the key file while it was still empty (tiled then refused)."""
+    from hutch.catalog import _api_key
+
+    for attempt in range(20):
+        settings = Settings(data_dir=tmp_path / str(attempt))
+        with ThreadPoolExecutor(8) as pool:
+            keys = set(pool.map(lambda _, s=settings: _api_key(s), range(8)))
+        (key,) = keys
+        assert key.isalnum() and len(key) == 64

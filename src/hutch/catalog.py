@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -115,17 +116,27 @@ def _external_config() -> CatalogConfig | None:
 
 
 def _api_key(settings: Settings) -> str:
-    """The embedded catalogue's single-user key, generated once and readable by the owner only."""
+    """The embedded catalogue's single-user key, generated once and readable by the owner only.
+
+    The key is written to a private temporary file and linked into place, so a process or
+    thread racing to start the catalogue never reads a half-written (empty) key.
+    """
     path = settings.catalog_dir / _API_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
     # tiled only accepts alphanumeric keys (they end up in ?api_key= URLs).
     key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
+    try:
+        os.link(tmp, path)  # atomic, and refuses if another starter linked its key first
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
     return key
 
 

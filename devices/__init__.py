@@ -1,18 +1,20 @@
 """Devices of hutch's beamlines.
 
-hutch uses ophyd-async's own device classes where they fit (e.g.
-``ophyd_async.epics.motor.Motor``) and classic ophyd classes where a beamline prefers them
-(``ophyd.EpicsMotor``); this package adds the ones the field does not provide.
+hutch uses ophyd-async's own device classes where they fit and classic ophyd classes where a
+beamline prefers them (``ophyd.EpicsMotor``); this package adds the ones the field does not
+provide, and ``Motor``: ophyd-async's motor, moving in one round trip while staged.
 """
 
 from .beam import BeamCurrent
 from .beamline import DeviceConnectionError, connect_devices, make_devices
+from .motor import Motor
 from .scaler import CountMode, Scaler
 
 __all__ = [
     "BeamCurrent",
     "CountMode",
     "DeviceConnectionError",
+    "Motor",
     "Scaler",
     "connect_devices",
     "make_devices",

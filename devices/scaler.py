@@ -69,7 +69,14 @@ class Scaler(StandardReadable, Triggerable):
 
     @AsyncStatus.wrap
     async def stage(self) -> None:
-        await asyncio.gather(super().stage(), self.count_mode.set(CountMode.ONE_SHOT))
+        # The preset time is monitored while staged: each trigger reads it for its timeout.
+        await asyncio.gather(
+            super().stage(), self.preset_time.stage(), self.count_mode.set(CountMode.ONE_SHOT)
+        )
+
+    @AsyncStatus.wrap
+    async def unstage(self) -> None:
+        await asyncio.gather(super().unstage(), self.preset_time.unstage())
 
     @AsyncStatus.wrap
     async def trigger(self) -> None:

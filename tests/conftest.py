@@ -114,7 +114,8 @@ def session(sim, RE, settings, demo_profile):
     from hutch.session import Session
 
     try:
-        yield Session(demo_profile, settings, live_table=False, RE=RE)
+        with Session(demo_profile, settings, live_table=False, RE=RE) as session:
+            yield session
     finally:
         stop_catalog(settings)
 

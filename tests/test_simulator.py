@@ -7,6 +7,7 @@ import time
 import bluesky.plan_stubs as bps
 import pytest
 from bluesky.run_engine import call_in_bluesky_event_loop
+from bluesky.utils import FailedStatus
 from ophyd_async.core import init_devices
 from ophyd_async.epics.motor import Motor, MotorLimitsError
 
@@ -264,3 +265,42 @@ def test_ca_server_circuits_have_nagle_off(free_port, monkeypatch):
         for task in asyncio.all_tasks(loop):
             loop.call_soon_threadsafe(task.cancel)
         thread.join(timeout=10)
+
+
+def test_staged_hutch_motor_reads_exact_positions_and_follows_limit_changes(RE, ca):
+    """hutch's Motor reads its move settings from monitors while staged: positions stay
+    exact and a soft limit lowered mid-scan still stops the next move."""
+    from hutch.devices import Motor as HutchMotor
+
+    read, write = ca
+    with init_devices():
+        motor = HutchMotor("DEMO:SAMPLE:Y", name="sample_y")
+
+    def run_staged(plan):
+        RE(bps.stage(motor))
+        try:
+            RE(plan)
+        finally:
+            RE(bps.unstage(motor))
+
+    def path():
+        for target in (0.5, -1.25, 2.0):
+            yield from bps.mv(motor, target)
+            reading = yield from bps.rd(motor)
+            assert reading == pytest.approx(target, abs=1e-4)
+            assert read("DEMO:SAMPLE:Y.RBV") == pytest.approx(target, abs=1e-4)
+
+    run_staged(path())
+    try:
+
+        def beyond_new_limit():
+            yield from bps.mv(motor, 0.0)
+            write("DEMO:SAMPLE:Y.HLM", 0.5)  # while staged: arrives by monitor
+            yield from bps.sleep(0.2)
+            yield from bps.mv(motor, 0.8)
+
+        with pytest.raises(FailedStatus, match=r"to 0.8mm but motor limits .* x <= 0.5mm"):
+            run_staged(beyond_new_limit())
+        assert read("DEMO:SAMPLE:Y.RBV") == pytest.approx(0.0, abs=1e-4)
+    finally:
+        write("DEMO:SAMPLE:Y.HLM", 5.0)

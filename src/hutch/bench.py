@@ -6,6 +6,7 @@ baseline, so the ratios mean something on any box; nothing here is a pass/fail t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import bluesky.plans as bp
 import epics
-from bluesky.run_engine import call_in_bluesky_event_loop
-from ophyd import Component, EpicsMotor, EpicsSignal
+from bluesky.run_engine import RunEngine, call_in_bluesky_event_loop
+from ophyd import Component, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.scaler import EpicsScaler
+from ophyd_async.core import soft_signal_rw
+from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 
-from hutch import simulators
+from hutch import patches, simulators
 from hutch.ca import ca_server_env, configure_ca_client
 from hutch.catalog import stop_catalog
 from hutch.config import Settings
@@ -52,7 +55,8 @@ class BenchRow:
     ms: float
     baseline: str | None = None
     """Name of the row this one is compared to; the table's first row if None."""
-    ratio: float = 1.0
+    ratio: float | None = 1.0
+    """None: a row without baseline (its table's rows are not comparable)."""
 
 
 class _ClassicScaler(EpicsScaler):
@@ -91,7 +95,8 @@ def _start_softioc(directory: Path, port: int) -> subprocess.Popen:
 
 
 def _pvs(*names: str) -> list[epics.PV]:
-    pvs = [epics.PV(name) for name in names]
+    # No monitors: their callbacks would load every row measured in this process.
+    pvs = [epics.PV(name, auto_monitor=False) for name in names]
     for pv in pvs:
         if not pv.wait_for_connection(timeout=10):
             raise ConnectionError(f"hutch bench: {pv.pvname} did not connect")
@@ -108,7 +113,12 @@ def run_bench(
     - the per-point cost of a ``points``-point step scan of the profile's peak-axis motor (at
       high velocity) reading its scaler (zero count time): raw CA (the floor), hutch's devices
       on a bare RunEngine, a full hutch session (NeXus, catalogue, plot), and classic
-      ophyd/pyepics on the same IOC.
+      ophyd/pyepics on the same IOC;
+    - the per-point cost of a ``points``-point step scan of the C softIoc's setpoint
+      (``BENCH:x``, put-completion, readback ``BENCH:x_RBV``) reading ``BENCH:det``: raw CA
+      (pyepics put-completion + 2 gets, the floor), a bare bluesky RunEngine with ophyd-async
+      CA signals and with ophyd v1 EpicsSignal/pyepics, and the RunEngine alone with
+      ophyd-async soft signals (no I/O).
     """
     peak = profile.simulation.peak
     scaler = next(d for d in profile.devices if issubclass(d.device_class, Scaler))
@@ -121,13 +131,29 @@ def run_bench(
         simulators.start(profile, sim_port, settings, exit_with=os.getpid())
         softioc = _start_softioc(Path(tmp), ioc_port)  # noqa: F841  (lives until we exit)
         try:
+            # One RunEngine for every row: ophyd-async's CA signals live in its event loop.
+            bare = Session(
+                profile, settings, live_table=False, nexus=False, plots=False, catalog=False
+            )
+            # ophyd v1 devices on the same records, connected before any other pyepics PV of
+            # those channels: pyepics (3.5) may never monitor a channel first opened by a PV
+            # without monitor, and ophyd's motor waits for its first readback event.
+            classic = (
+                _ClassicScaler(scaler.prefix, name="classic_det"),
+                EpicsMotor(motor.prefix, name="classic_motor"),
+            )
+            call_in_bluesky_event_loop(connect_devices({d.name: d for d in classic}))
             rows = _latency(motor, scaler, ops)
-            rows += _step_scan(profile, settings, motor, scaler, points)
+            rows += _softioc_step_scan(bare.RE, points)
+            rows += _step_scan(profile, settings, bare, classic, motor, scaler, points)
         finally:
             stop_catalog(settings)
     for row in rows:
-        baseline = next(r for r in rows if r.table == row.table and row.baseline in (None, r.name))
-        row.ratio = row.ms / baseline.ms
+        if row.ratio is not None:
+            baseline = next(
+                r for r in rows if r.table == row.table and row.baseline in (None, r.name)
+            )
+            row.ratio = row.ms / baseline.ms
     if as_json:
         print(json.dumps({"points": points, "ops": ops, "rows": [asdict(r) for r in rows]}))
     else:
@@ -137,7 +163,8 @@ def run_bench(
             print(f"  {'':{width}} {'ms':>8}  x baseline")
             for row in (r for r in rows if r.table == table):
                 vs = f"  (vs {row.baseline})" if row.baseline not in (None, row.name) else ""
-                print(f"  {row.name:{width}} {row.ms:8.3f}  {row.ratio:5.2f}{vs}")
+                ratio = f"{row.ratio:5.2f}" if row.ratio is not None else ""
+                print(f"  {row.name:{width}} {row.ms:8.3f}  {ratio}{vs}")
     return rows
 
 
@@ -185,10 +212,30 @@ def _latency(motor: DeviceSpec, scaler: DeviceSpec, ops: int) -> list[BenchRow]:
     ]
 
 
+def _cost(points: int, run: Callable[[int], object], repeats: int = 3) -> tuple[float, float]:
+    """(ms per point, ms per run) of ``run(n)`` scanning n points, timed at ``points // 4``
+    and ``points`` (the fastest of ``repeats`` runs each, as other load only adds time): the
+    slope is what each point adds, the intercept what a run costs however short it is
+    (opening and closing it, the recorder's last writes, the plot)."""
+    short = max(points // 4, 1)
+    t_short, t_long = (
+        min(_ms_per(1, lambda n=n: run(n)) for _ in range(repeats)) for n in (short, points)
+    )
+    per_point = (t_long - t_short) / (points - short)
+    return per_point, t_long - per_point * points
+
+
 def _step_scan(
-    profile: Profile, settings: Settings, motor: DeviceSpec, scaler: DeviceSpec, points: int
+    profile: Profile,
+    settings: Settings,
+    bare: Session,
+    classic: tuple[EpicsScaler, EpicsMotor],
+    motor: DeviceSpec,
+    scaler: DeviceSpec,
+    points: int,
 ) -> list[BenchRow]:
     table = f"Step scan on the hutch simulator, {points} points, ms per point"
+    per_run = "Fixed cost of a run on the hutch simulator (open, close, final writes), ms"
     # Fast motor, zero count time: what is left is the cost of the stack itself.
     for field, value in (("VMAX", 1e6), ("VELO", 1e6), ("ACCL", 0.0)):
         epics.caput(f"{motor.prefix}.{field}", value, wait=True)
@@ -202,53 +249,80 @@ def _step_scan(
         f"{scaler.prefix}.T",
     )
 
-    def raw_floor() -> None:
-        for i in range(points):
-            val.put(i / points, wait=True)
+    def raw_floor(n: int) -> None:
+        for i in range(n):
+            val.put(i / n, wait=True)
             cnt.put(1, wait=True)
             for pv in reads:
                 pv.get(use_monitor=False)
 
-    rows = [
-        BenchRow(
-            table,
-            "Channel Access floor: put-callback x2 + gets (pyepics)",
-            _ms_per(points, raw_floor),
-        )
-    ]
-    bare = Session(profile, settings, live_table=False, nexus=False, plots=False, catalog=False)
+    floor, _ = _cost(points, raw_floor)
+    rows = [BenchRow(table, "Channel Access floor: put-callback x2 + gets (pyepics)", floor)]
     RE = bare.RE
     det, mtr = bare.devices[scaler.name], bare.devices[motor.name]
-    RE(bp.scan([det], mtr, 0, 1, 5))  # warm up connections and caches
-    rows.append(
-        BenchRow(
-            table,
-            "hutch devices (ophyd-async), RunEngine without subscriptions",
-            _ms_per(points, lambda: RE(bp.scan([det], mtr, 0, 1, points))),
-        )
-    )
 
-    classic_motor = EpicsMotor(motor.prefix, name="classic_motor")
-    classic_det = _ClassicScaler(scaler.prefix, name="classic_det")
-    call_in_bluesky_event_loop(
-        connect_devices({"classic_motor": classic_motor, "classic_det": classic_det})
-    )
-    RE(bp.scan([classic_det], classic_motor, 0, 1, 5))
-    rows.append(
-        BenchRow(
-            table,
-            "ophyd v1 EpicsMotor + EpicsScaler (pyepics), no subscriptions",
-            _ms_per(points, lambda: RE(bp.scan([classic_det], classic_motor, 0, 1, points))),
-        )
-    )
+    def measure(name: str, detector, motor_) -> None:
+        RE(bp.scan([detector], motor_, 0, 1, 5))  # warm up connections and caches
+        ms, run_ms = _cost(points, lambda n: RE(bp.scan([detector], motor_, 0, 1, n)))
+        rows.append(BenchRow(table, name, ms))
+        rows.append(BenchRow(per_run, name, run_ms, ratio=None))
 
-    # The same RunEngine with a full session's consumers subscribed.
-    Session(profile, settings, live_table=False, connect=False, RE=RE)
+    measure("hutch devices (ophyd-async), RunEngine without subscriptions", det, mtr)
+    # The same RunEngine with a full session's subscriptions: the live table (its output
+    # discarded here) in this process, NeXus, catalogue and plot in the recorder process.
+    with (
+        Session(profile, settings, connect=False, RE=RE),
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+    ):
+        measure("hutch session: live table + NeXus + catalogue + plot", det, mtr)
+    measure("ophyd v1 EpicsMotor + EpicsScaler (pyepics), no subscriptions", *classic)
+    return rows
+
+
+def _softioc_step_scan(RE: RunEngine, points: int) -> list[BenchRow]:
+    """The issue's step scan on the C softIoc: raw CA beside bluesky with each signal stack,
+    and the RunEngine alone (soft signals) with and without hutch's fix of bluesky's plan
+    stack capture (`hutch.patches`)."""
+    table = f"Step scan on the C softIoc, {points} points, ms per point"
+    x, x_rbv, det = _pvs("BENCH:x", "BENCH:x_RBV", "BENCH:det")
+
+    def raw_floor(n: int) -> None:
+        for i in range(n):
+            x.put(i / n, wait=True)
+            x_rbv.get(use_monitor=False)
+            det.get(use_monitor=False)
+
+    floor, _ = _cost(points, raw_floor)
+    rows = [BenchRow(table, "raw CA floor (pyepics put-completion + 2 gets, C softIoc)", floor)]
+    stacks = {
+        "bluesky RunEngine + ophyd-async CA signals, C softIoc": (
+            epics_signal_r(float, "BENCH:det", name="async_det"),
+            epics_signal_rw(float, "BENCH:x_RBV", "BENCH:x", name="async_x"),
+        ),
+        "bluesky RunEngine + ophyd v1 EpicsSignal/pyepics, C softIoc": (
+            EpicsSignalRO("BENCH:det", name="classic_det"),
+            EpicsSignal("BENCH:x_RBV", write_pv="BENCH:x", put_complete=True, name="classic_x"),
+        ),
+        "bluesky RunEngine + ophyd-async soft signals, no I/O": (
+            soft_signal_rw(float, 0.0, name="soft_det"),
+            soft_signal_rw(float, 0.0, name="soft_x"),
+        ),
+    }
+    devices = {sig.name: sig for pair in stacks.values() for sig in pair}
+    call_in_bluesky_event_loop(connect_devices(devices))
+
+    def scan(detector, motor) -> Callable[[int], object]:
+        return lambda n: RE(bp.scan([detector], motor, 0, 1, n))
+
+    for name, (det_sig, x_sig) in stacks.items():
+        RE(bp.scan([det_sig], x_sig, 0, 1, 5))  # warm up connections and caches
+        rows.append(BenchRow(table, name, _cost(points, scan(det_sig, x_sig))[0]))
+    with patches.bluesky_as_released():
+        ms, _ = _cost(points, scan(det_sig, x_sig))
     rows.append(
         BenchRow(
-            table,
-            "hutch session: NeXus + catalogue + plot subscribed (no live table)",
-            _ms_per(points, lambda: RE(bp.scan([det], mtr, 0, 1, points))),
+            table, "bluesky RunEngine + soft signals, bluesky's own plan stack capture", ms, name
         )
     )
     return rows

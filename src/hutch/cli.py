@@ -106,27 +106,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     profile, settings, port = _context(args)
     configure_ca_client(port)
-    session = Session(profile, settings, live_table=not args.quiet)
-    plan = build_plan(profile, session.devices, args.plan, args.params)
-    try:
-        result = session.run(plan)
-    except Exception as exc:
-        # The RunEngine has closed the run(s) with exit_status 'fail'; what was acquired is in
-        # the NeXus file and the catalogue. Say which runs, then what went wrong.
-        for record in session.runs:
-            print(record.uid)
-        runs = ", ".join(
-            f"{r.uid[:8]} ({r.exit_status}, {sum(r.events.values())} events kept)"
-            for r in session.runs
-        )
-        raise CommandError(f"plan {args.plan} failed: {exc}\n  run(s): {runs or 'none'}") from exc
-    for uid in result.run_start_uids:
-        print(uid)
-    if result.plan_result is not None and not isinstance(result.plan_result, str):
-        # What the plan found (e.g. align's centre); stdout stays the uids for scripts.
-        print(f"{args.plan} returned {result.plan_result}", file=sys.stderr)
-    if result.exit_status != "success":
-        raise CommandError(f"plan {args.plan} ended {result.exit_status}: {result.reason}")
+    with Session(profile, settings, live_table=not args.quiet) as session:
+        plan = build_plan(profile, session.devices, args.plan, args.params)
+        try:
+            result = session.run(plan)
+        except Exception as exc:
+            # The RunEngine has closed the run(s) with exit_status 'fail'; what was acquired is
+            # in the NeXus file and the catalogue. Say which runs, then what went wrong.
+            for record in session.runs:
+                print(record.uid)
+            runs = ", ".join(
+                f"{r.uid[:8]} ({r.exit_status}, {sum(r.events.values())} events kept)"
+                for r in session.runs
+            )
+            raise CommandError(
+                f"plan {args.plan} failed: {exc}\n  run(s): {runs or 'none'}"
+            ) from exc
+        for uid in result.run_start_uids:
+            print(uid)
+        if result.plan_result is not None and not isinstance(result.plan_result, str):
+            # What the plan found (e.g. align's centre); stdout stays the uids for scripts.
+            print(f"{args.plan} returned {result.plan_result}", file=sys.stderr)
+        if result.exit_status != "success":
+            raise CommandError(f"plan {args.plan} ended {result.exit_status}: {result.reason}")
     return 0
 
 

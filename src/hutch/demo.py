@@ -198,8 +198,10 @@ def run_demo(
     configure_ca_client(state.port)
     try:
         # bluesky prints some news (a suspension, say) on stdout; keep stdout for the summary.
-        with contextlib.redirect_stdout(out):
-            session = Session(profile, settings, live_table=not quiet)
+        with (
+            contextlib.redirect_stdout(out),
+            Session(profile, settings, live_table=not quiet) as session,
+        ):
             summary.catalog_uri = session.catalog.uri if session.catalog else None
             _demo_runs(profile, session, summary)
     finally:

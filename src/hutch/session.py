@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +15,17 @@ from bluesky.run_engine import RunEngineResult, call_in_bluesky_event_loop
 from event_model import DocumentRouter
 
 import hutch
-from hutch.callbacks import NexusWriter, PlotSaver
-from hutch.catalog import CatalogConfig, ensure_catalog, make_tiled_writer, run_uri, runs_container
+from hutch import patches
+from hutch.catalog import CatalogConfig, ensure_catalog, run_uri, runs_container
 from hutch.config import Settings
 from hutch.devices import connect_devices, make_devices
 from hutch.profile import Profile
+from hutch.recorder import Recorder, RecorderConfig
 from hutch.suspenders import make_suspender
 
 __all__ = ["RunRecord", "Session"]
+
+patches.apply()
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class RunRecord:
     catalog_uri: str | None = None
 
 
-class _RunRecorder(DocumentRouter):
+class _RunLog(DocumentRouter):
     """Counts each run's events per stream and keeps its exit status, for summaries."""
 
     def __init__(self) -> None:
@@ -78,12 +82,14 @@ class _RunRecorder(DocumentRouter):
 class Session:
     """A beamline session for one profile: its devices, connected, and a RunEngine ``RE``
     whose every run is shown as a live table and written to a NeXus file, a PNG plot and
-    the catalogue.
+    the catalogue. The writing happens in a recorder process (`hutch.recorder`), in parallel
+    with the acquisition; ``RE(plan)`` returns once the run is written.
 
     Use ``session.run(plan)`` (or ``session.RE(plan)``); ``session.devices`` maps device names
     to devices; ``session.runs`` lists what each run produced. The profile's
     ``[[suspenders]]`` are installed on ``RE`` (``session.suspenders``): a beam dump suspends
-    a run instead of recording points without beam.
+    a run instead of recording points without beam. ``session.close()`` (or the end of a
+    ``with Session(...)`` block) stops the recorder.
     """
 
     def __init__(
@@ -108,23 +114,29 @@ class Session:
         self.RE.md.update(profile=profile.name, hutch_version=hutch.__version__)
         self.RE.md.update(md or {})
 
-        self._recorder = _RunRecorder()
-        self.RE.subscribe(self._recorder)
+        self._runs = _RunLog()
+        self._tokens = [self.RE.subscribe(self._runs)]
         if live_table:
             bec = BestEffortCallback()
-            bec.disable_plots()  # PlotSaver draws the plots; the table is the live view
-            self.RE.subscribe(bec)
-        self.nexus = NexusWriter(self.settings.nexus_dir) if nexus else None
-        if self.nexus:
-            self.RE.subscribe(self.nexus)
-        self.plots = PlotSaver(self.settings.plot_dir) if plots else None
-        if self.plots:
-            self.RE.subscribe(self.plots)
+            bec.disable_plots()  # the recorder saves the plots; the table is the live view
+            self._tokens.append(self.RE.subscribe(bec))
         self.catalog: CatalogConfig | None = None
         if catalog:
             self.catalog = ensure_catalog(self.settings)
             self.runs_container = runs_container(self.catalog, profile.name)
-            self.RE.subscribe(make_tiled_writer(self.runs_container))
+        # NeXus, plots and the catalogue are written by the recorder process, started now so
+        # that its start-up overlaps the devices' connection.
+        self.recorder: Recorder | None = None
+        if nexus or plots or catalog:
+            config = RecorderConfig(
+                beamline=profile.name,
+                nexus_dir=self.settings.nexus_dir if nexus else None,
+                plot_dir=self.settings.plot_dir if plots else None,
+                catalog_uri=self.catalog.uri if self.catalog else None,
+                catalog_api_key=self.catalog.api_key if self.catalog else None,
+            )
+            log = self.settings.run_dir / f"recorder-{os.getpid()}.log"
+            self.recorder = Recorder(config, log)
 
         self.devices = make_devices(profile)
         self.connection_failures: dict[str, list[str]] = {}
@@ -135,12 +147,30 @@ class Session:
             self.suspenders = [make_suspender(s, self.devices) for s in profile.suspenders]
             for suspender in self.suspenders:
                 self.RE.install_suspender(suspender)
+        if self.recorder:
+            self.recorder.wait_ready()
+            self._tokens.append(self.RE.subscribe(self.recorder))  # last: it may raise
 
     def connect(self, timeout: float = 10.0, *, raise_on_failure: bool = True) -> None:
         """Connect all devices concurrently; raise listing every missing PV (or keep them)."""
         self.connection_failures = call_in_bluesky_event_loop(
             connect_devices(self.devices, timeout, raise_on_failure=raise_on_failure)
         )
+
+    def close(self) -> None:
+        """Unsubscribe the session's callbacks from ``RE``, let the recorder finish writing
+        and stop it (the recorder also stops when the process exits)."""
+        for token in self._tokens:
+            self.RE.unsubscribe(token)
+        self._tokens.clear()
+        if self.recorder:
+            self.recorder.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def run(self, plan) -> RunEngineResult:
         """Run a plan on the RunEngine and return its result (uids, return value, status)."""
@@ -149,12 +179,11 @@ class Session:
     @property
     def runs(self) -> list[RunRecord]:
         """Every run of this session so far, oldest first, with its outputs."""
-        records = list(self._recorder.runs.values())
+        records = list(self._runs.runs.values())
         for record in records:
-            if self.nexus:
-                record.nexus = self.nexus.path_for(record.uid)
-            if self.plots:
-                record.png = self.plots.path_for(record.uid)
+            outputs = self.recorder.outputs(record.uid) if self.recorder else {}
+            record.nexus = Path(outputs["nexus"]) if "nexus" in outputs else None
+            record.png = Path(outputs["png"]) if "png" in outputs else None
             if self.catalog:
                 record.catalog_uri = run_uri(self.catalog, self.profile.name, record.uid)
         return records

@@ -492,6 +492,15 @@ class NexusWriter(DocumentRouter):
         with self._guard(run, "stop"):
             run.finish(doc)
 
+    def close(self) -> None:
+        """Close the files of runs still open, as they are: without a stop document a run
+        stays marked not closed (no end_time, no run_status), with every event so far."""
+        for run in self._runs.values():
+            with self._guard(run, "close"):
+                run.file.close()
+        self._runs.clear()
+        self._streams.clear()
+
     @staticmethod
     @contextmanager
     def _guard(run: _Run, what: str) -> Iterator[None]:

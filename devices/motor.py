@@ -14,13 +14,11 @@ __all__ = ["Motor"]
 
 @dataclass
 class _MonitoredMoveLogic(motor.MotorFlyableMovableLogic):
-    precision: SignalR[int] | None = None
+    precision: SignalR[int]
 
     async def get_units_precision(self) -> tuple[str | None, int | None]:
         # ophyd-async asks the readback's describe(), a CTRL read of the IOC on every move
         # (twice); EGU and PREC are the same numbers and are monitored while staged.
-        if self.precision is None:
-            return await super().get_units_precision()
         units, precision = await asyncio.gather(
             self.motor_egu.get_value(), self.precision.get_value()
         )

@@ -233,8 +233,10 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="measure step-scan overhead against the Channel Access floor",
         description="Against a private simulator, catalogue and C softIoc: CA latency of the "
-        "simulator beside the C softIoc, and a step scan's cost per point for raw Channel "
-        "Access, hutch's devices with and without subscriptions, and ophyd v1/pyepics.",
+        "simulator beside the C softIoc; a step scan's cost per point on the C softIoc (raw "
+        "Channel Access, ophyd-async, ophyd v1, soft signals) and on the simulator (raw "
+        "Channel Access, hutch's devices with and without the session's subscriptions, "
+        "ophyd v1/pyepics); and each run's fixed cost.",
     )
     p.add_argument("--profile", default="demo", help="beamline profile name or path")
     p.add_argument("--points", type=int, default=200, help="points per step scan")

@@ -6,8 +6,9 @@ provide, and ``Motor``: ophyd-async's motor, moving in one round trip while stag
 """
 
 from .beam import BeamCurrent
-from .beamline import DeviceConnectionError, connect_devices, make_devices
+from .beamline import DeviceConnectionError, connect_devices, devices_metadata, make_devices
 from .motor import Motor
+from .nexus import nexus_class
 from .scaler import CountMode, Scaler
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "Motor",
     "Scaler",
     "connect_devices",
+    "devices_metadata",
     "make_devices",
+    "nexus_class",
 ]

@@ -12,7 +12,9 @@ from ophyd_async.core import Device as AsyncDevice
 
 from hutch.profile import Profile, ProfileError
 
-__all__ = ["DeviceConnectionError", "connect_devices", "make_devices"]
+from .nexus import nexus_class
+
+__all__ = ["DeviceConnectionError", "connect_devices", "devices_metadata", "make_devices"]
 
 
 class DeviceConnectionError(ConnectionError):
@@ -46,6 +48,22 @@ def make_devices(profile: Profile) -> dict[str, Any]:
                 f"could not be built: {exc}"
             ) from exc
     return devices
+
+
+def devices_metadata(profile: Profile) -> dict[str, dict[str, Any]]:
+    """What run documents say about the profile's devices (start document key ``devices``):
+    class, PV prefix, description and how NeXus files write each one."""
+    metadata = {}
+    for spec in profile.devices:
+        nexus = spec.nexus.model_dump(by_alias=True)
+        nexus["class"] = nexus["class"] or nexus_class(spec.device_class)
+        metadata[spec.name] = {
+            "class": spec.cls,
+            "prefix": spec.prefix,
+            "description": spec.description,
+            "nexus": nexus,
+        }
+    return metadata
 
 
 def _missing_pvs(device: Any, error: BaseException) -> list[str]:

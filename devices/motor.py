@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 
 from ophyd_async.core import AsyncStatus, SignalR
+from ophyd_async.core import StandardReadableFormat as Format
 from ophyd_async.epics import motor
 
 __all__ = ["Motor"]
@@ -35,7 +36,18 @@ class Motor(motor.Motor):
     one put; a limit or velocity changed mid-scan still arrives by monitor before the next
     move. The readback stays exact: the record posts its final position before the
     put-callback that ends the move, on the same ordered connection.
+
+    Each reading also holds the setpoint (``-user_setpoint``), and the configuration the soft
+    limits and acceleration time: a NeXus NXpositioner's target_value, soft_limit_min/max.
     """
+
+    def __init__(self, prefix: str, name: str = "") -> None:
+        super().__init__(prefix, name)
+        self.add_readables([self.user_setpoint])  # monitored while staged: no extra read
+        self.add_readables(
+            [self.low_limit_travel, self.high_limit_travel, self.acceleration_time],
+            Format.CONFIG_SIGNAL,
+        )
 
     @cached_property
     def _logic(self) -> _MonitoredMoveLogic:

@@ -300,8 +300,29 @@ class MotorRecord(PVGroup):
         for prop in (instance, *f.pvdb.values()):
             if hasattr(prop, "precision"):
                 await prop.write_metadata(precision=precision)
-        await instance.write_metadata(units=o["egu"])
-        await f.user_readback_value.write_metadata(units=o["egu"])
+        # Units as the motor record gives them: positions in EGU, speeds in EGU/s, ACCL in s.
+        egu = o["egu"]
+        units = {
+            egu: (
+                instance,
+                f.user_readback_value,
+                f.dial_desired_value,
+                f.dial_readback_value,
+                f.user_high_limit,
+                f.user_low_limit,
+                f.dial_high_limit,
+                f.dial_low_limit,
+                f.user_offset,
+                f.retry_deadband,
+                f.motor_step_size,
+                f.encoder_step_size,
+            ),
+            f"{egu}/s": (f.velocity, f.max_velocity, f.base_velocity, f.jog_velocity),
+            "s": (f.seconds_to_velocity,),
+        }
+        for unit, props in units.items():
+            for prop in props:
+                await prop.write_metadata(units=unit)
         velocity, vmax = float(o["velocity"]), float(o["max_velocity"])
         srev = f.steps_per_revolution.value or 200
         settings = {

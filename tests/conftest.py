@@ -132,3 +132,21 @@ def ca(sim) -> Iterator[tuple[Callable, Callable]]:
         ca_write(pv, value, sim.port, timeout=timeout, wait=wait)
 
     yield read, write
+
+
+# PostgreSQL, the catalogue's scale option: one throwaway cluster per test worker.
+from postgres import PostgresCluster, PostgresMissing, postgres_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this worker on 127.0.0.1; ``create_database()`` gives a URI.
+
+    Fails (does not skip) when the server is not installed: the catalogue must be tested
+    on PostgreSQL too, and ``bash .ci/setup --tests`` installs it.
+    """
+    try:
+        with postgres_cluster(_free_port()) as cluster:
+            yield cluster
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)

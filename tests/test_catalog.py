@@ -1,19 +1,29 @@
-"""The embedded tiled catalogue: runs written by TiledWriter read back equal to the documents."""
+"""The embedded tiled catalogue: runs written by TiledWriter read back equal to the documents.
+
+Every test that uses the module's catalogue runs twice: on the default SQLite catalogue and
+on PostgreSQL (a throwaway cluster of the test worker, ``tests/postgres.py``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
+import bluesky.preprocessors as bpp
 import httpx
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky.utils import RequestAbort
 from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
 from ophyd.sim import det, det4, motor, motor1, motor2
 
@@ -27,11 +37,15 @@ from hutch.catalog import (
     run_summaries,
     run_uri,
     runs_container,
+    search_runs,
     stop_catalog,
 )
-from hutch.config import Settings
+from hutch.cli import main as hutch_main
+from hutch.config import Settings, SettingsError, redact_uri
 
 BEAMLINE = "testbl"
+# Starting a catalogue takes ~10 s on an idle machine, far more on a loaded CI box.
+START_TIMEOUT = 240
 
 
 def _json(doc):
@@ -46,12 +60,29 @@ def _embedded_catalog(monkeypatch):
     monkeypatch.delenv("HUTCH_CATALOG_API_KEY", raising=False)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """The catalogue's database: the embedded default (SQLite) or PostgreSQL."""
+    return request.param
+
+
+def _database(request, backend: str) -> str | None:
+    """``Settings.catalog_database`` for ``backend``: None, or a new PostgreSQL database."""
+    if backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database()
+
+
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory, free_port):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), catalog_port=free_port())
+def settings(request, backend, tmp_path_factory, free_port):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        catalog_port=free_port(),
+        catalog_database=_database(request, backend),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("HUTCH_CATALOG_URI", raising=False)
-        ensure_catalog(settings)
+        ensure_catalog(settings, timeout=START_TIMEOUT)
         yield settings
         stop_catalog(settings)
 
@@ -208,12 +239,16 @@ def test_api_key_is_private_and_alphanumeric(settings, catalog):
         assert catalog.api_key.encode() not in cmdline.read()
 
 
-def test_server_is_reused_stopped_and_keeps_runs_across_restarts(tmp_path, free_port):
-    settings = Settings(data_dir=tmp_path, catalog_port=free_port())
+def test_server_is_reused_stopped_and_keeps_runs_across_restarts(
+    request, backend, tmp_path, free_port
+):
+    settings = Settings(
+        data_dir=tmp_path, catalog_port=free_port(), catalog_database=_database(request, backend)
+    )
     assert catalog_status(settings) is None
     # Two callers at once get one server: the start is serialised by a file lock.
     with ThreadPoolExecutor(2) as pool:
-        first, second = pool.map(lambda _: ensure_catalog(settings), range(2))
+        first, second = pool.map(lambda _: ensure_catalog(settings, START_TIMEOUT), range(2))
     try:
         assert first == second
         status = catalog_status(settings)
@@ -229,7 +264,7 @@ def test_server_is_reused_stopped_and_keeps_runs_across_restarts(tmp_path, free_
         assert catalog_status(settings) is None
         assert stop_catalog(settings) is False
 
-        again = ensure_catalog(settings)
+        again = ensure_catalog(settings, timeout=START_TIMEOUT)
         assert catalog_status(settings)["pid"] != status["pid"]
         run = get_run(runs_container(again, BEAMLINE), uid)
         assert run.metadata["stop"]["num_events"] == {"primary": 3}
@@ -274,3 +309,336 @@ def test_concurrent_starters_all_read_the_same_complete_key(tmp_path):
             keys = set(pool.map(lambda _, s=settings: _api_key(s), range(8)))
         (key,) = keys
         assert key.isalnum() and len(key) == 64
+
+
+def test_server_listens_on_loopback_only(settings, catalog):
+    port = f"{settings.catalog_port:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if local.endswith(f":{port}") and state == "0A":  # 0A: LISTEN
+                    listening.append(local.split(":")[0])
+    assert listening == ["0100007F"]  # 127.0.0.1, and no IPv6 or wildcard socket
+
+
+def _pg_tables(uri: str) -> set[str]:
+    import asyncpg
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(uri)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        finally:
+            await conn.close()
+        return {row["tablename"] for row in rows}
+
+    return asyncio.run(tables())
+
+
+def test_the_configured_database_holds_the_catalogue_and_the_event_tables(RE, settings):
+    root = settings.catalog_dir
+    tables_before = (
+        set() if settings.catalog_database is None else _pg_tables(settings.catalog_database)
+    )
+    (uid,) = RE(bp.count([det], 2))
+    np.testing.assert_array_equal(get_run(RE.container, uid)["primary"]["det"].read().shape, (2,))
+    status = catalog_status(settings)
+    if settings.catalog_database is None:
+        assert (root / "catalog.db").is_file() and (root / "storage.duckdb").is_file()
+        assert status["database"] == f"sqlite:///{root / 'catalog.db'}"
+        return
+    assert not (root / "catalog.db").exists() and not (root / "storage.duckdb").exists()
+    assert status["database"] == settings.catalog_database
+    # The URI reaches the server through its environment, not the configuration file.
+    config_text = (settings.run_dir / "catalog-config.yml").read_text()
+    assert settings.catalog_database not in config_text
+    tables = _pg_tables(settings.catalog_database)
+    assert {"nodes", "data_sources", "assets"} <= tables
+    assert any(name.startswith("table_") for name in tables - tables_before)  # the new events
+
+
+def test_a_running_catalogue_on_another_database_is_not_reused(settings, catalog):
+    other = None if settings.catalog_database else "postgresql://nobody@127.0.0.1:9/elsewhere"
+    moved = Settings(
+        data_dir=settings.data_dir, catalog_port=settings.catalog_port, catalog_database=other
+    )
+    with pytest.raises(CatalogError, match="hutch catalog down"):
+        ensure_catalog(moved)
+    assert catalog_status(settings)["ready"]
+
+
+def test_catalog_database_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUTCH_CATALOG_DATABASE", "postgres://bl@db.example:5433/runs")
+    assert Settings.from_env(tmp_path).catalog_database == "postgresql://bl@db.example:5433/runs"
+    monkeypatch.setenv("HUTCH_CATALOG_DATABASE", "")
+    assert Settings.from_env(tmp_path).catalog_database is None
+    for bad in ("mysql://bl:secret@db/runs", "postgresql+asyncpg://bl@db/runs", "runs.db"):
+        monkeypatch.setenv("HUTCH_CATALOG_DATABASE", bad)
+        with pytest.raises(SettingsError, match="HUTCH_CATALOG_DATABASE") as error:
+            Settings.from_env(tmp_path)
+        assert "secret" not in str(error.value)
+    assert redact_uri("postgresql://bl:secret@db:5432/runs") == "postgresql://bl:***@db:5432/runs"
+
+
+# ---------------------------------------------------------------------------------------
+# Search
+# ---------------------------------------------------------------------------------------
+
+# The demo profile's container, so that `hutch runs` (profile demo) lists these runs.
+SEARCH_BEAMLINE = "demo"
+
+
+class Searchable:
+    """Runs of different metadata in one container, by name, oldest first."""
+
+    def __init__(self, container):
+        self.container = container
+        self.uids: dict[str, str] = {}
+        self.between: datetime | None = None  # after the first two runs, before the others
+
+    def names(self, uids) -> list[str]:
+        by_uid = {uid: name for name, uid in self.uids.items()}
+        return [by_uid.get(uid, uid) for uid in uids]
+
+    def search(self, **criteria) -> list[str]:
+        return self.names(s.uid for s in search_runs(self.container, **criteria))
+
+
+@pytest.fixture(scope="module")
+def searchable(catalog) -> Searchable:
+    """Six runs: samples as strings and as dicts, proposals as text and as a number, and
+    every exit status (the open run's writer never gets its stop document)."""
+    container = runs_container(catalog, SEARCH_BEAMLINE)
+    runs = Searchable(container)
+    writer = make_tiled_writer(container)
+    started = []
+
+    def record(name, doc):
+        if name == "start":
+            started.append(doc["uid"])
+
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    RE.subscribe(record)
+    # A run left open: its writer is never given the stop document.
+    open_writer = make_tiled_writer(container, batch_size=1)
+    unstopped = RunEngine({})
+    unstopped.subscribe(lambda name, doc: None if name == "stop" else open_writer(name, doc))
+    unstopped.subscribe(record)
+
+    def run(name, plan, *, raises=None, engine=RE):
+        if raises is None:
+            engine(plan)
+        else:
+            with pytest.raises(raises):
+                engine(plan)
+        runs.uids[name] = started[-1]
+
+    run("si_count", bp.count([det], 2, md={"sample": "Si wafer", "proposal": "p-1001"}))
+    sample = {"name": "Si wafer", "thickness_mm": 0.5}
+    run("si_scan", bp.scan([det], motor, -1, 1, 3, md={"sample": sample, "proposal": "p-1001"}))
+    runs.between = datetime.now(UTC)
+    md = {"sample": "LaB6", "proposal": "2002", "purpose": "Calibration standard"}
+    run("lab6_count", bp.count([det], 2, md=md))
+
+    @bpp.run_decorator(md={"plan_name": "scan", "sample": {"name": "LaB6"}, "proposal": 2002})
+    def failing():
+        yield from bps.trigger_and_read([det])
+        raise RuntimeError("simulated beam loss")
+
+    run("lab6_fail", failing(), raises=RuntimeError)
+
+    @bpp.run_decorator(md={"plan_name": "count", "sample": "empty holder", "proposal": "p-1001"})
+    def aborted():
+        yield from bps.null()
+        raise RequestAbort()
+
+    run("holder_abort", aborted())  # the RunEngine ends it "abort" and does not raise
+
+    md = {"sample": "LaB6", "proposal": "2002"}
+    run("lab6_open", bp.count([det], 1, md=md), engine=unstopped)
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        ({}, ["si_count", "si_scan", "lab6_count", "lab6_fail", "holder_abort", "lab6_open"]),
+        # sample: a string, or a dict's name
+        ({"sample": "Si wafer"}, ["si_count", "si_scan"]),
+        ({"sample": "LaB6"}, ["lab6_count", "lab6_fail", "lab6_open"]),
+        ({"sample": "Si"}, []),
+        # proposal: "2002" also finds the one stored as the number 2002
+        ({"proposal": "p-1001"}, ["si_count", "si_scan", "holder_abort"]),
+        ({"proposal": "2002"}, ["lab6_count", "lab6_fail", "lab6_open"]),
+        ({"plan_name": "scan"}, ["si_scan", "lab6_fail"]),
+        ({"exit_status": "success"}, ["si_count", "si_scan", "lab6_count"]),
+        ({"exit_status": "fail"}, ["lab6_fail"]),
+        ({"exit_status": "abort"}, ["holder_abort"]),
+        ({"exit_status": "open"}, ["lab6_open"]),
+        # text: whole words, any case, any punctuation, in start or stop document
+        ({"text": "calibration"}, ["lab6_count"]),
+        ({"text": "  STANDARD, calibration! "}, ["lab6_count"]),
+        ({"text": "calib"}, []),
+        ({"text": "wafer"}, ["si_count", "si_scan"]),
+        ({"text": "beam loss"}, ["lab6_fail"]),  # the stop document's reason
+        ({"text": "beam holder"}, []),
+        # combinations: every criterion holds
+        ({"sample": "LaB6", "exit_status": "success"}, ["lab6_count"]),
+        ({"proposal": "p-1001", "plan_name": "count"}, ["si_count", "holder_abort"]),
+        (
+            {"sample": "LaB6", "proposal": "2002", "plan_name": "scan", "text": "loss"},
+            ["lab6_fail"],
+        ),
+        ({"sample": "Si wafer", "exit_status": "fail"}, []),
+        # limit: the newest, still newest last
+        ({"sample": "LaB6", "limit": 2}, ["lab6_fail", "lab6_open"]),
+        ({"sample": "Si wafer", "limit": 1}, ["si_scan"]),
+        ({"limit": 2}, ["holder_abort", "lab6_open"]),
+        # more than tiled serves in one page (300): fetched page by page
+        ({"sample": "Si wafer", "limit": 1000}, ["si_count", "si_scan"]),
+    ],
+)
+def test_search_runs_by_metadata(searchable, criteria, expected):
+    assert searchable.search(**criteria) == expected
+
+
+def test_search_runs_by_start_time(searchable):
+    between = searchable.between
+    before, after = (
+        ["si_count", "si_scan"],
+        ["lab6_count", "lab6_fail", "holder_abort", "lab6_open"],
+    )
+    assert searchable.search(since=between) == after
+    assert searchable.search(until=between) == before
+    # A naive datetime is local time.
+    assert searchable.search(since=between.astimezone().replace(tzinfo=None)) == after
+    assert searchable.search(since=between - timedelta(days=1), until=between) == before
+    assert searchable.search(since=between + timedelta(days=1)) == []
+    assert searchable.search(since=between, sample="Si wafer") == []
+    assert searchable.search(since=between, exit_status="open", proposal="2002") == ["lab6_open"]
+
+
+def test_search_runs_summaries_are_those_of_run_summaries(searchable):
+    container = searchable.container
+    assert search_runs(container, limit=3) == run_summaries(container, limit=3)
+    (failed,) = search_runs(container, exit_status="fail")
+    assert (failed.plan_name, failed.events) == ("scan", {"primary": 1})
+    (still_open,) = search_runs(container, exit_status="open")
+    assert still_open.exit_status is None and still_open.events == {"primary": 1}
+
+
+@pytest.mark.parametrize(
+    ("criteria", "message"),
+    [
+        ({"exit_status": "finished"}, "exit_status must be one of success, fail, abort, open"),
+        ({"text": " -- "}, "has no word"),
+        ({"limit": 0}, "limit must be at least 1"),
+        (
+            {"since": datetime(2025, 2, 1, tzinfo=UTC), "until": datetime(2025, 1, 1, tzinfo=UTC)},
+            "is after until",
+        ),
+    ],
+)
+def test_search_runs_refuses_bad_criteria(searchable, criteria, message):
+    with pytest.raises(ValueError, match=message):
+        search_runs(searchable.container, **criteria)
+
+
+@pytest.fixture
+def hutch_runs(settings, searchable, monkeypatch, capsys):
+    """``hutch runs ARGS`` in this process against the module's catalogue: (status, out, err)."""
+    monkeypatch.setenv("HUTCH_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("HUTCH_CATALOG_PORT", str(settings.catalog_port))
+    if settings.catalog_database:
+        monkeypatch.setenv("HUTCH_CATALOG_DATABASE", settings.catalog_database)
+    else:
+        monkeypatch.delenv("HUTCH_CATALOG_DATABASE", raising=False)
+
+    def hutch_runs(*args: str) -> tuple[int, str, str]:
+        try:
+            status = hutch_main(["runs", "--profile", "demo", *args])
+        except SystemExit as exc:  # argparse's usage errors
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return hutch_runs
+
+
+def test_hutch_runs_searches(hutch_runs, searchable):
+    def names(*args):
+        status, out, err = hutch_runs(*args, "--json")
+        assert status == 0, err
+        return searchable.names(r["uid"] for r in json.loads(out))
+
+    assert names("--sample", "LaB6") == ["lab6_count", "lab6_fail", "lab6_open"]
+    assert names("--proposal", "2002", "--plan", "scan") == ["lab6_fail"]
+    assert names("--status", "open") == ["lab6_open"]
+    assert names("--text", "calibration standard") == ["lab6_count"]
+    assert names("--sample", "LaB6", "-n", "1") == ["lab6_open"]
+    between = searchable.between
+    assert names("--sample", "Si wafer", "--until", between.isoformat()) == ["si_count", "si_scan"]
+    assert names("--since", between.isoformat(), "--status", "abort") == ["holder_abort"]
+    # A bare date for --until includes that (local) day; for --since it starts it.
+    first = get_run(searchable.container, searchable.uids["si_count"])
+    start = datetime.fromtimestamp(first.metadata["start"]["time"])  # local time
+    day, next_day = start.date().isoformat(), (start.date() + timedelta(days=1)).isoformat()
+    assert "si_count" in names("--sample", "Si wafer", "--until", day)
+    assert "si_count" in names("--sample", "Si wafer", "--since", day)
+    assert "si_count" not in names("--sample", "Si wafer", "--since", next_day)
+
+    status, out, err = hutch_runs("--sample", "Si wafer")  # the table
+    assert status == 0, err
+    lines = out.splitlines()
+    assert "plan" in lines[0] and len(lines) == 3
+    assert searchable.uids["si_scan"][:8] in lines[2] and "success" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterday"], "argument --since: 'yesterday' is not an ISO date"),
+        (["--until", "2025-13-01"], "argument --until: '2025-13-01' is not an ISO date"),
+        (["--status", "finished"], "argument --status: invalid choice: 'finished'"),
+        (["--limit", "0"], "argument -n/--limit: '0' is not a whole number of at least 1"),
+        (
+            ["--since", "2025-02-01", "--until", "2025-01-01"],
+            "--since (2025-02-01T00:00:00) is not before --until",
+        ),
+    ],
+)
+def test_hutch_runs_names_the_bad_flag(hutch_runs, args, message):
+    status, out, err = hutch_runs(*args)
+    assert status == 2 and out == ""
+    assert message in err
+
+
+def test_hutch_runs_as_a_command(settings, searchable):
+    env = {**os.environ, "HUTCH_DATA_DIR": str(settings.data_dir)}
+    env["HUTCH_CATALOG_PORT"] = str(settings.catalog_port)
+    env.pop("HUTCH_CATALOG_DATABASE", None)
+    if settings.catalog_database:
+        env["HUTCH_CATALOG_DATABASE"] = settings.catalog_database
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hutch.cli",
+            "runs",
+            "--sample",
+            "LaB6",
+            "--status",
+            "fail",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout)
+    assert run["uid"] == searchable.uids["lab6_fail"] and run["exit_status"] == "fail"

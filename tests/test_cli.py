@@ -76,7 +76,7 @@ def test_run_plan_from_the_command_line(tmp_path, free_port):
         uid = proc.stdout.strip().splitlines()[-1]
         assert len(uid) == 36
         runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-        assert runs[-1]["uid"] == uid and runs[-1]["events"] == {"primary": 5}
+        assert runs[-1]["uid"] == uid and runs[-1]["events"] == {"baseline": 2, "primary": 5}
 
         # A target beyond the soft limits fails the run mid-scan: the error names the motor,
         # target and limits, and the point acquired before stays in catalogue and NeXus.
@@ -86,7 +86,7 @@ def test_run_plan_from_the_command_line(tmp_path, free_port):
         failed = bad.stdout.strip().splitlines()[-1]
         runs = json.loads(_hutch("runs", "--json", env=env).stdout)
         assert runs[-1]["uid"] == failed and runs[-1]["exit_status"] == "fail"
-        assert runs[-1]["events"] == {"primary": 1}
+        assert runs[-1]["events"]["primary"] == 1
         (nexus,) = (tmp_path / "data" / "nexus").glob(f"*{failed[:8]}*.nxs")
         with h5py.File(nexus, "r") as f:
             assert f["entry/data/sample_x"].shape == (1,)

@@ -80,3 +80,54 @@ def test_suspender_must_name_a_device_and_resume_above_its_floor(tmp_path):
     path = _broken(tmp_path, "resume_above = 250.0", "resume_above = 5.0")
     with pytest.raises(ProfileError, match=r"suspenders\.0: .*resume_above \(5\) is below"):
         load_profile(path)
+
+
+def test_required_metadata_defaults_and_demo():
+    metadata = load_profile("demo").metadata
+    assert metadata.required_keys == ("facility", "beamline", "proposal", "sample", "operator")
+    # Every required key has a default in the demo: hutch run and the demo need no md=.
+    assert metadata.missing(metadata.model_dump(exclude_none=True)) == []
+    assert "required" not in metadata.model_dump()  # a rule, not run metadata
+
+
+def test_required_metadata_defaults_to_facility_and_beamline(tmp_path):
+    path = _broken(tmp_path, 'required = ["proposal", "sample", "operator"]\n', "")
+    metadata = load_profile(path).metadata
+    assert metadata.required_keys == ("facility", "beamline")
+    assert metadata.missing({"facility": "HUTCH", "beamline": " "}) == ["beamline"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "reason"),
+    [
+        ('"proposal", "smaple"', "unknown metadata key 'smaple': did you mean 'sample'?"),
+        ('"sample name"', "'sample name' is not a metadata key"),
+        ('""', "'' is not a metadata key"),
+        ('"uid"', "'uid' is set by the RunEngine for every run"),
+        ('"sample", "sample"', "'sample' is listed twice"),
+        ("1", "Input should be a valid string"),
+    ],
+)
+def test_invalid_required_metadata_names_file_and_line(tmp_path, entries, reason):
+    path = _broken(
+        tmp_path, 'required = ["proposal", "sample", "operator"]', f"required = [{entries}]"
+    )
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert f"{path}:{_line_of(path, 'required = [')}: metadata.required" in message
+    assert reason in message
+
+
+def test_required_metadata_may_name_the_beamlines_own_keys(tmp_path):
+    path = _broken(
+        tmp_path,
+        'required = ["proposal", "sample", "operator"]',
+        'required = ["sample", "temperature"]',
+    )
+    metadata = load_profile(path).metadata
+    assert metadata.required_keys == ("facility", "beamline", "sample", "temperature")
+    assert metadata.missing({"facility": "H", "beamline": "b", "sample": {}}) == [
+        "sample",
+        "temperature",
+    ]

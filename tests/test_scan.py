@@ -23,6 +23,12 @@ def _collect(RE):
     return docs, token
 
 
+def _primary_events(docs):
+    """The primary stream's events (the profile's baseline stream has its own)."""
+    primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+    return [d for n, d in docs if n == "event" and d["descriptor"] in primary]
+
+
 def test_step_scan_documents_nexus_and_catalogue(session):
     RE, d = session.RE, session.devices
     RE(bps.mv(d["det"].preset_time, 0.05))
@@ -40,7 +46,7 @@ def test_step_scan_documents_nexus_and_catalogue(session):
     start = next(doc for name, doc in docs if name == "start")
     assert start["facility"] == "HUTCH" and start["beamline"] == "demo"
     assert start["sample"] == "Si" and start["plan_name"] == "scan"
-    events = [doc for name, doc in docs if name == "event"]
+    events = _primary_events(docs)
     assert len(events) == 13
     positions = np.array([e["data"]["sample_x"] for e in events])
     diode = np.array([e["data"]["det-diode"] for e in events])
@@ -52,18 +58,32 @@ def test_step_scan_documents_nexus_and_catalogue(session):
 
     # The NeXus file holds the scanned positions and counts.
     record = session.record(uid)
-    assert record.events == {"primary": 13}
+    assert record.events == {"primary": 13, "baseline": 2}
     with h5py.File(record.nexus, "r") as f:
         assert f["entry"].attrs["NX_class"] == "NXentry"
         assert f["entry/entry_identifier"][()].decode() == uid
         assert f["entry/instrument"].attrs["NX_class"] == "NXinstrument"
         data = f["entry/data"]
         assert data.attrs["NX_class"] == "NXdata"
-        assert data.attrs["signal"] == "det-I0" or data.attrs["signal"] == "det-diode"
+        assert data.attrs["signal"] == "det_diode"  # not the I0 monitor
         assert list(np.atleast_1d(data.attrs["axes"])) == ["sample_x"]
         np.testing.assert_allclose(data["sample_x"][()], positions)
-        np.testing.assert_array_equal(data["det-diode"][()], diode)
-        np.testing.assert_array_equal(data["det-I0"][()], i0)
+        np.testing.assert_array_equal(data["det_diode"][()], diode)
+        np.testing.assert_array_equal(data["det_I0"][()], i0)
+        # NeXus base classes: the motor is a positioner with its target and soft limits, the
+        # I0 channel a beam monitor, the ring current the source.
+        x = f["entry/instrument/sample_x"]
+        assert x.attrs["NX_class"] == "NXpositioner"
+        assert x["value"] == data["sample_x"]
+        np.testing.assert_allclose(x["target_value"][()], np.linspace(1.0, 4.0, 13))
+        assert (x["soft_limit_min"][()], x["soft_limit_max"][()]) == (-10.0, 10.0)
+        assert x["soft_limit_min"].attrs["units"] == "mm"
+        assert x["velocity"].attrs["units"] == "mm/s"
+        assert f["entry/monitor"].attrs["NX_class"] == "NXmonitor"
+        np.testing.assert_array_equal(f["entry/monitor/data"][()], i0)
+        assert f["entry/instrument/ring_current"].attrs["NX_class"] == "NXsource"
+        assert f["entry/instrument/slit_gap"].attrs["NX_class"] == "NXpositioner"
+        assert f["entry/instrument/slit_gap/value"].shape == (2,)  # from the baseline
     assert record.png.exists() and record.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The run read back from the catalogue equals the documents.
@@ -76,10 +96,11 @@ def test_step_scan_documents_nexus_and_catalogue(session):
     np.testing.assert_array_equal(np.asarray(primary["det-diode"]), diode)
     replayed = list(documents_of(run))
     assert [n for n, _ in replayed if n in ("start", "stop")] == ["start", "stop"]
+    primary_uids = {d["uid"] for n, d in replayed if n == "descriptor" and d["name"] == "primary"}
     replayed_events = [
         row
         for name, doc in replayed
-        if name in ("event", "event_page")
+        if name in ("event", "event_page") and doc["descriptor"] in primary_uids
         for row in np.atleast_1d(doc["data"]["det-diode"])
     ]
     np.testing.assert_array_equal(replayed_events, diode)
@@ -157,7 +178,7 @@ def test_beam_dump_suspends_the_run_and_it_resumes(session, sim):
         dumper.join()
         RE.unsubscribe(token)
     assert result.exit_status == "success"
-    events = [doc for name, doc in docs if name == "event"]
+    events = _primary_events(docs)
     # On resume the RunEngine rewinds to the last checkpoint: the point in progress (or just
     # taken) when the beam went is taken again, so there may be one event more than points.
     assert len(events) in (8, 9)
@@ -168,9 +189,9 @@ def test_beam_dump_suspends_the_run_and_it_resumes(session, sim):
     # The NeXus file holds one row per point: a point taken again replaced its first take.
     (uid,) = result.run_start_uids
     record = session.record(uid)
-    assert record.events == {"primary": 8}
+    assert record.events == {"primary": 8, "baseline": 2}
     with h5py.File(record.nexus, "r") as f:
-        current = f["entry/instrument/ring_current/ring_current-current"][()]
+        current = f["entry/instrument/ring_current/current"][()]
     assert current.shape == (8,) and current.min() > spec.below
 
 

@@ -1,7 +1,11 @@
-"""``hutch bench``: Channel Access latency and step-scan cost per point, measured in one run.
+"""``hutch bench``: tables of measured rows, each beside a baseline measured in the same run.
 
 Every row is measured in the same process on the same machine, side by side with its
-baseline, so the ratios mean something on any box; nothing here is a pass/fail test.
+baseline, so the ratios mean something on any box; nothing here is a pass/fail test (a goal,
+where a table has one, is shown met or missed). The tables (``TABLES``) can be run one by
+one: Channel Access latency and step scans here, NeXus writer throughput in
+``hutch.bench_nexus``, catalogue ingest in ``hutch.bench_ingest``, metadata search in
+``hutch.bench_search``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import bluesky.plans as bp
 import epics
@@ -27,14 +33,33 @@ from ophyd_async.core import soft_signal_rw
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 
 from hutch import patches, simulators
+from hutch.bench_tables import DEFAULT_TABLES, TABLES
 from hutch.ca import ca_server_env, configure_ca_client
 from hutch.catalog import stop_catalog
 from hutch.config import Settings
 from hutch.devices import Scaler, connect_devices
+from hutch.errors import HutchError
 from hutch.profile import DeviceSpec, Profile
 from hutch.session import Session
 
-__all__ = ["BenchRow", "run_bench"]
+__all__ = [
+    "DEFAULT_TABLES",
+    "TABLES",
+    "BenchRow",
+    "BenchTableError",
+    "free_port",
+    "run_bench",
+    "stopwatch",
+]
+
+_CA_TABLES = ("latency", "softioc-scan", "sim-scan")
+# What would point ensure_catalog at an external catalogue instead of the bench's own.
+_EXTERNAL_CATALOG_ENV = ("HUTCH_CATALOG_URI", "HUTCH_CATALOG_API_KEY")
+
+
+class BenchTableError(HutchError):
+    """A table cannot be measured (what it measures is not there, or not as expected)."""
+
 
 #: Records of the C softIoc baseline: a setpoint whose put processes a readback, and a
 #: detector computed from it (the shape of one step-scan point).
@@ -47,8 +72,8 @@ record(calc, "BENCH:det") { field(INPA, "BENCH:x_RBV CP") field(CALC, "A*2") }
 
 @dataclass
 class BenchRow:
-    """One measurement: milliseconds per operation (or scan point) and its ratio to its
-    baseline row."""
+    """One measurement: milliseconds per operation (scan point, event, query) and its ratio
+    to its baseline row; throughput and latency tables add their own columns."""
 
     table: str
     name: str
@@ -57,6 +82,23 @@ class BenchRow:
     """Name of the row this one is compared to; the table's first row if None."""
     ratio: float | None = 1.0
     """None: a row without baseline (its table's rows are not comparable)."""
+    ratio_of: Literal["time", "rate"] = "time"
+    """time: ms / the baseline's ms (x baseline, lower is better); rate: this row's
+    throughput / the baseline's (the fraction of the baseline's rate, higher is better)."""
+    unit: str = "ms"
+    """What ``ms`` is per, as its column is headed (ms, ms/event, median ms)."""
+    events_per_s: float | None = None
+    mb_per_s: float | None = None
+    """Throughput rows: events and megabytes (10^6 bytes) of event data per second."""
+    worst_ms: float | None = None
+    """Rows timing several operations: the slowest (``ms`` is then their median)."""
+    found: int | None = None
+    """Search rows: the fewest runs any of the row's queries returned."""
+    min_ratio: float | None = None
+    max_ms: float | None = None
+    """Goals: the ratio at least ``min_ratio``; the worst (else the only) time below ``max_ms``."""
+    met: bool | None = None
+    """Whether the row meets its goal (None: no goal)."""
 
 
 class _ClassicScaler(EpicsScaler):
@@ -65,7 +107,8 @@ class _ClassicScaler(EpicsScaler):
     count = Component(EpicsSignal, ".CNT", trigger_value=1, put_complete=True, kind="omitted")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a private server this bench starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -104,67 +147,248 @@ def _pvs(*names: str) -> list[epics.PV]:
 
 
 def run_bench(
-    profile: Profile, *, points: int = 200, ops: int = 200, as_json: bool = False
+    profile: Profile,
+    *,
+    tables: Collection[str] = DEFAULT_TABLES,
+    points: int = 200,
+    ops: int = 200,
+    events: int = 1000,
+    search_runs: int | None = None,
+    data_dir: Path | None = None,
+    as_json: bool = False,
 ) -> list[BenchRow]:
-    """Measure and print, against a private simulator, catalogue and C softIoc on free ports:
+    """Measure the ``tables`` (names of ``TABLES``), print them and return their rows.
 
-    - Channel Access latency (caget, caput with completion) of hutch's caproto simulator
-      beside epicscorelibs' C softIoc;
-    - the per-point cost of a ``points``-point step scan of the profile's peak-axis motor (at
-      high velocity) reading its scaler (zero count time): raw CA (the floor), hutch's devices
-      on a bare RunEngine, a full hutch session (NeXus, catalogue, plot), and classic
-      ophyd/pyepics on the same IOC;
-    - the per-point cost of a ``points``-point step scan of the C softIoc's setpoint
-      (``BENCH:x``, put-completion, readback ``BENCH:x_RBV``) reading ``BENCH:det``: raw CA
-      (pyepics put-completion + 2 gets, the floor), a bare bluesky RunEngine with ophyd-async
-      CA signals and with ophyd v1 EpicsSignal/pyepics, and the RunEngine alone with
-      ophyd-async soft signals (no I/O).
+    Against a private simulator, catalogue and C softIoc on free ports:
+
+    - ``latency``: Channel Access latency (caget, caput with completion, ``ops`` each) of
+      hutch's caproto simulator beside epicscorelibs' C softIoc;
+    - ``sim-scan``: the per-point cost of a ``points``-point step scan of the profile's
+      peak-axis motor (at high velocity) reading its scaler (zero count time): raw CA (the
+      floor), hutch's devices on a bare RunEngine, a full hutch session (NeXus, catalogue,
+      plot), and classic ophyd/pyepics on the same IOC; and each stack's fixed cost per run;
+    - ``softioc-scan``: the per-point cost of a ``points``-point step scan of the C softIoc's
+      setpoint (``BENCH:x``, put-completion, readback ``BENCH:x_RBV``) reading ``BENCH:det``:
+      raw CA (pyepics put-completion + 2 gets, the floor), a bare bluesky RunEngine with
+      ophyd-async CA signals and with ophyd v1 EpicsSignal/pyepics, and the RunEngine alone
+      with ophyd-async soft signals (no I/O).
+
+    On the disk of ``data_dir`` (default: ``Settings.from_env()``'s), where NeXus files and
+    the catalogue live:
+
+    - ``nexus``: NexusWriter throughput beside raw h5py (``hutch.bench_nexus``), ``events``
+      scalar events and a tenth as many 512x512 frames;
+    - ``ingest``: TiledWriter into a private embedded catalogue beside raw tiled-client
+      appends, ``events // 2`` events a run (``hutch.bench_ingest``);
+    - ``search``: ``search_runs`` over ``search_runs`` (default 10 000) catalogued runs,
+      populated once and cached in ``data_dir/bench`` (``hutch.bench_search``).
+
+    A table that cannot be measured does not stop the others: they are printed, then
+    ``BenchTableError`` names what failed. An external catalogue (``HUTCH_CATALOG_URI``) is
+    never written to: every catalogue here is private.
     """
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise ValueError(f"no bench table {', '.join(unknown)}; tables: {', '.join(TABLES)}")
+    data_dir = (data_dir or Settings.from_env().data_dir) / "bench"
+    log = (lambda msg: print(msg, file=sys.stderr)) if as_json else print
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    rows: list[BenchRow] = []
+
+    def measure(name: str, body: Callable[[], list[BenchRow]], timed: bool = True) -> None:
+        with stopwatch(seconds if timed else {}, name):
+            try:
+                rows.extend(body())
+            except Exception as exc:  # the other tables still run and print
+                traceback.print_exc()
+                errors[name] = f"{type(exc).__name__}: {exc}"
+
+    with _private_catalogues():
+        ca = [t for t in _CA_TABLES if t in tables]
+        if ca:
+            # Timed inside, table by table and the set-up they share.
+            measure(", ".join(ca), lambda: _ca_tables(profile, ca, points, ops, seconds), False)
+        if "nexus" in tables:
+            from hutch.bench_nexus import nexus_throughput
+
+            frames = max(events // 10, 10)
+            measure("nexus", lambda: nexus_throughput(data_dir, events=events, frames=frames))
+        if "ingest" in tables:
+            from hutch.bench_ingest import catalog_ingest
+
+            def ingest() -> list[BenchRow]:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(prefix="ingest-", dir=data_dir) as tmp:
+                    # Half as many: ~50 ms an HTTP request makes these runs the slow ones.
+                    return catalog_ingest(Path(tmp), events=max(events // 2, 10))
+
+            measure("ingest", ingest)
+        if "search" in tables:
+            from hutch.bench_search import SEARCH_RUNS, search_latency
+
+            runs = search_runs or SEARCH_RUNS
+            measure("search", lambda: search_latency(data_dir.parent, runs=runs, log=log))
+    total = time.perf_counter() - started
+    _judge(rows)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "tables": [t for t in TABLES if t in tables],
+                    "points": points,
+                    "ops": ops,
+                    "events": events,
+                    "seconds": seconds,
+                    "total_seconds": total,
+                    "errors": errors,
+                    "rows": [asdict(r) for r in rows],
+                }
+            )
+        )
+    else:
+        _print(rows)
+        times = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+        print(f"\nRun time: {times}; total {total:.0f} s")
+    if errors:
+        raise BenchTableError(
+            "not measured: " + "; ".join(f"{name}: {error}" for name, error in errors.items())
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def stopwatch(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the time the ``with`` block takes to ``seconds[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _private_catalogues() -> Iterator[None]:
+    """Without ``HUTCH_CATALOG_URI``/``_API_KEY`` (for this process and those it starts):
+    ``ensure_catalog`` would hand out that external server instead of the bench's own."""
+    saved = {k: os.environ.pop(k) for k in _EXTERNAL_CATALOG_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _judge(rows: list[BenchRow]) -> None:
+    """Fill in each row's ratio to its baseline and whether it meets its goal."""
+    for row in rows:
+        if row.ratio is not None:
+            base = next(r for r in rows if r.table == row.table and row.baseline in (None, r.name))
+            # ms is per operation, so a rate ratio is the inverse of the time ratio.
+            row.ratio = row.ms / base.ms if row.ratio_of == "time" else base.ms / row.ms
+        checks = []
+        if row.min_ratio is not None and row.ratio is not None:
+            checks.append(row.ratio >= row.min_ratio)
+        if row.max_ms is not None:
+            checks.append((row.ms if row.worst_ms is None else row.worst_ms) < row.max_ms)
+        row.met = all(checks) if checks else None
+
+
+def _print(rows: list[BenchRow]) -> None:
+    """Each table under its title: the name, the columns its rows have, the ratio."""
+    if not rows:
+        return
+    width = max(len(r.name) for r in rows)
+    for table in dict.fromkeys(r.table for r in rows):
+        members = [r for r in rows if r.table == table]
+        columns: list[tuple[str, Callable[[BenchRow], str]]] = []
+        if any(r.events_per_s is not None for r in members):
+            columns.append(("events/s", lambda r: _number(r.events_per_s, ",.0f")))
+        if any(r.mb_per_s is not None for r in members):
+            columns.append(("MB/s", _megabytes))
+        columns.append((members[0].unit, lambda r: f"{r.ms:.3f}"))
+        if any(r.worst_ms is not None for r in members):
+            columns.append(("worst ms", lambda r: _number(r.worst_ms, ".3f")))
+        rate = members[0].ratio_of == "rate"
+        columns.append(("x baseline" if not rate else "of baseline", _ratio))
+        if any(r.met is not None for r in members):
+            columns.append(("goal", _goal))
+        print(f"\n{table}")
+        print(f"  {'':{width}} " + " ".join(f"{h:>12}" for h, _ in columns))
+        for row in members:
+            vs = f"  (vs {row.baseline})" if row.baseline not in (None, row.name) else ""
+            cells = " ".join(f"{cell(row):>12}" for _, cell in columns)
+            print(f"  {row.name:{width}} {cells}{vs}".rstrip())
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _megabytes(row: BenchRow) -> str:
+    if row.mb_per_s is None:
+        return ""
+    return f"{row.mb_per_s:.2f}" if row.mb_per_s < 10 else f"{row.mb_per_s:.0f}"
+
+
+def _ratio(row: BenchRow) -> str:
+    return "" if row.ratio is None else f"{row.ratio:.2f}"
+
+
+def _goal(row: BenchRow) -> str:
+    if row.met is None:
+        return ""
+    goal = f">= {row.min_ratio:.2f}" if row.min_ratio is not None else f"< {row.max_ms:.0f} ms"
+    return f"{goal} {'ok' if row.met else 'MISSED'}"
+
+
+def _ca_tables(
+    profile: Profile, tables: list[str], points: int, ops: int, seconds: dict[str, float]
+) -> list[BenchRow]:
+    """The Channel Access tables among ``tables``, sharing one simulator, C softIoc and
+    RunEngine; the time of each table goes to ``seconds``, that of setting up to 'CA set-up'."""
     peak = profile.simulation.peak
     scaler = next(d for d in profile.devices if issubclass(d.device_class, Scaler))
     motor = profile.device(peak.axis if peak else profile.devices[0].name)
-    sim_port, ioc_port = _free_port(), _free_port()
+    sim_port, ioc_port = free_port(), free_port()
     configure_ca_client(sim_port, ioc_port)  # libca reads this once: search both servers
+    rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="hutch-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), catalog_port=_free_port())
-        # Both servers end with this process, after its CA clients.
-        simulators.start(profile, sim_port, settings, exit_with=os.getpid())
-        softioc = _start_softioc(Path(tmp), ioc_port)  # noqa: F841  (lives until we exit)
+        settings = Settings(data_dir=Path(tmp), catalog_port=free_port())
         try:
-            # One RunEngine for every row: ophyd-async's CA signals live in its event loop.
-            bare = Session(
-                profile, settings, live_table=False, nexus=False, plots=False, catalog=False
-            )
-            # ophyd v1 devices on the same records, connected before any other pyepics PV of
-            # those channels: pyepics (3.5) may never monitor a channel first opened by a PV
-            # without monitor, and ophyd's motor waits for its first readback event.
-            classic = (
-                _ClassicScaler(scaler.prefix, name="classic_det"),
-                EpicsMotor(motor.prefix, name="classic_motor"),
-            )
-            call_in_bluesky_event_loop(connect_devices({d.name: d for d in classic}))
-            rows = _latency(motor, scaler, ops)
-            rows += _softioc_step_scan(bare.RE, points)
-            rows += _step_scan(profile, settings, bare, classic, motor, scaler, points)
+            with stopwatch(seconds, "CA set-up"):
+                # Both servers end with this process, after its CA clients.
+                simulators.start(profile, sim_port, settings, exit_with=os.getpid())
+                softioc = _start_softioc(Path(tmp), ioc_port)  # noqa: F841  (lives until we exit)
+                # One RunEngine for every row: ophyd-async's CA signals live in its loop.
+                bare = Session(
+                    profile, settings, live_table=False, nexus=False, plots=False, catalog=False
+                )
+                # Its devices stay connected; what it added to the RunEngine goes (run log,
+                # metadata validator, baseline readings): the rows on ``bare.RE`` measure
+                # bluesky's RunEngine as it comes, the session row adds a whole session.
+                bare.close()
+                # ophyd v1 devices on the same records, connected before any other pyepics
+                # PV of those channels: pyepics (3.5) may never monitor a channel first
+                # opened by a PV without monitor, and ophyd's motor waits for its first
+                # readback event. Connected whichever tables run, so that the latency rows
+                # always see the same subscribers (a motor-record put posts to each).
+                classic = (
+                    _ClassicScaler(scaler.prefix, name="classic_det"),
+                    EpicsMotor(motor.prefix, name="classic_motor"),
+                )
+                call_in_bluesky_event_loop(connect_devices({d.name: d for d in classic}))
+            if "latency" in tables:
+                with stopwatch(seconds, "latency"):
+                    rows += _latency(motor, scaler, ops)
+            if "softioc-scan" in tables:
+                with stopwatch(seconds, "softioc-scan"):
+                    rows += _softioc_step_scan(bare.RE, points)
+            if "sim-scan" in tables:
+                with stopwatch(seconds, "sim-scan"):
+                    rows += _step_scan(profile, settings, bare, classic, motor, scaler, points)
         finally:
             stop_catalog(settings)
-    for row in rows:
-        if row.ratio is not None:
-            baseline = next(
-                r for r in rows if r.table == row.table and row.baseline in (None, r.name)
-            )
-            row.ratio = row.ms / baseline.ms
-    if as_json:
-        print(json.dumps({"points": points, "ops": ops, "rows": [asdict(r) for r in rows]}))
-    else:
-        width = max(len(r.name) for r in rows)
-        for table in dict.fromkeys(r.table for r in rows):
-            print(f"\n{table}")
-            print(f"  {'':{width}} {'ms':>8}  x baseline")
-            for row in (r for r in rows if r.table == table):
-                vs = f"  (vs {row.baseline})" if row.baseline not in (None, row.name) else ""
-                ratio = f"{row.ratio:5.2f}" if row.ratio is not None else ""
-                print(f"  {row.name:{width}} {row.ms:8.3f}  {ratio}{vs}")
     return rows
 
 
@@ -271,10 +495,13 @@ def _step_scan(
     # The same RunEngine with a full session's subscriptions: the live table (its output
     # discarded here) in this process, NeXus, catalogue and plot in the recorder process.
     with (
-        Session(profile, settings, connect=False, RE=RE),
+        Session(profile, settings, connect=False, RE=RE) as session,
         open(os.devnull, "w") as devnull,
         contextlib.redirect_stdout(devnull),
     ):
+        # Its own devices are not connected (connect=False): its baseline reads the connected
+        # ones of the same names.
+        session.baseline.baseline = [bare.devices[name] for name in profile.baseline]
         measure("hutch session: live table + NeXus + catalogue + plot", det, mtr)
     measure("ophyd v1 EpicsMotor + EpicsScaler (pyepics), no subscriptions", *classic)
     return rows

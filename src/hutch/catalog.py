@@ -4,8 +4,11 @@ Every run is written by bluesky-tiled-plugins' ``TiledWriter`` into a container 
 the beamline.  By default that container lives in an *embedded* catalogue: a tiled server
 process that hutch starts on demand on 127.0.0.1 (SQLite catalogue, files plus DuckDB tables
 under ``Settings.catalog_dir``), shared by the IPython session, the queue server and
-``hutch runs``.  Setting ``HUTCH_CATALOG_URI`` (and ``HUTCH_CATALOG_API_KEY``) points hutch at
-an external tiled server instead, and nothing is started.
+``hutch runs``.  ``HUTCH_CATALOG_DATABASE=postgresql://...`` makes that same embedded
+server keep its catalogue and event tables in PostgreSQL, the option for large catalogues
+and several writers.  Setting ``HUTCH_CATALOG_URI`` (and ``HUTCH_CATALOG_API_KEY``) points
+hutch at an external tiled server instead, and nothing is started.  ``search_runs`` finds
+runs by metadata with queries the catalogue's database evaluates.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,15 +32,19 @@ from typing import Any
 
 import httpx
 from bluesky_tiled_plugins import TiledWriter
+from bluesky_tiled_plugins.queries import TimeRange
 from tiled.client import from_uri
 from tiled.client.container import Container
+from tiled.queries import Eq, FullText, In, KeyPresent
 from tiled.structures.core import Spec
 
 from hutch import services
-from hutch.config import Settings
+from hutch.config import Settings, redact_uri
 from hutch.errors import HutchError
 
 __all__ = [
+    "EXIT_STATUSES",
+    "OPEN",
     "CatalogConfig",
     "CatalogError",
     "RunSummary",
@@ -48,6 +56,7 @@ __all__ = [
     "run_summaries",
     "run_uri",
     "runs_container",
+    "search_runs",
     "stop_catalog",
 ]
 
@@ -67,6 +76,8 @@ _LOG_FILE = "catalog.log"
 _LOCK_FILE = "catalog.lock"
 _SERVER_CONFIG = "catalog-config.yml"
 _API_KEY_FILE = "api_key"
+# The environment variable through which the server gets the PostgreSQL URI.
+_DATABASE_ENV = "HUTCH_CATALOG_DATABASE"
 
 
 class CatalogError(HutchError, RuntimeError):
@@ -148,22 +159,39 @@ def _server_config(settings: Settings) -> str:
     is served with ``tiled serve config`` rather than ``tiled serve catalog`` because only
     a configuration file can register bluesky-tiled-plugins' JSON-seq exporter, which is
     what replays a run's documents (``documents_of``).
+
+    With ``settings.catalog_database`` (PostgreSQL) the catalogue *and* the event tables go
+    to that database; only array files stay under ``catalog_dir``.  The URI is referenced
+    as ``$HUTCH_CATALOG_DATABASE`` (tiled expands variables in its configuration) and
+    handed over in the server's environment, so no credential is written to disk.
     """
     root = settings.catalog_dir
+    if settings.catalog_database is None:
+        catalog_uri = f"sqlite:///{root / 'catalog.db'}"
+        table_storage = f"duckdb:///{root / 'storage.duckdb'}"
+        # Initialising runs `tiled catalog init` in a subprocess (~3 s);
+        # only a new catalogue needs it.
+        init = not (root / "catalog.db").exists()
+    else:
+        catalog_uri = f"${_DATABASE_ENV}"
+        # Event tables in PostgreSQL rather than DuckDB: a DuckDB file allows one
+        # connection per server (tiled gives it a single-connection pool, so every table
+        # read and write of every client queues on it) and lives on this machine only,
+        # while tiled's SQL table adapter supports PostgreSQL natively (adbc driver,
+        # pooled) and keeps a run's metadata and events in one database to back up.
+        table_storage = catalog_uri
+        # A database may be new on every start; tiled's `--if-not-exists` check is cheap
+        # next to the subprocess that runs it, and there is no local file to test.
+        init = True
     config = {
         "trees": [
             {
                 "path": "/",
                 "tree": "catalog",
                 "args": {
-                    "uri": f"sqlite:///{root / 'catalog.db'}",
-                    "writable_storage": [
-                        str(root / "data"),
-                        f"duckdb:///{root / 'storage.duckdb'}",
-                    ],
-                    # Initialising runs `tiled catalog init` in a subprocess (~3 s);
-                    # only a new catalogue needs it.
-                    "init_if_not_exists": not (root / "catalog.db").exists(),
+                    "uri": catalog_uri,
+                    "writable_storage": [str(root / "data"), table_storage],
+                    "init_if_not_exists": init,
                 },
             }
         ],
@@ -247,8 +275,11 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
         if state is not None:
             pid = state.get("pid")
             if pid and _is_tiled_process(pid):
+                _check_same_database(state, settings)
                 recorded = CatalogConfig(uri=state["uri"], api_key=config.api_key)
-                if _answers(recorded):
+                # A generous timeout: a busy server is slow, and replacing it would cut
+                # off every other session writing to it.
+                if _answers(recorded, timeout=10.0):
                     return recorded
                 # Alive but deaf (hung, or started on another port): replace it.
                 services.terminate(pid)
@@ -256,6 +287,28 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
         if not _port_free(port):
             raise _port_taken_error(port)
         return _start(settings, config, timeout)
+
+
+def _database_label(settings: Settings) -> str:
+    """Which database the catalogue keeps its runs in, without a password."""
+    if settings.catalog_database is None:
+        return f"sqlite:///{settings.catalog_dir / 'catalog.db'}"
+    return redact_uri(settings.catalog_database)
+
+
+def _check_same_database(state: dict[str, Any], settings: Settings) -> None:
+    """Refuse to hand out a running server that keeps its runs somewhere else than configured.
+
+    Otherwise changing ``HUTCH_CATALOG_DATABASE`` would silently keep writing to the old
+    database until the server happened to be restarted.
+    """
+    running = state.get("database") or _database_label(Settings(data_dir=settings.data_dir))
+    if running != _database_label(settings):
+        raise CatalogError(
+            f"the catalogue running on port {state.get('port')} (pid {state.get('pid')}) "
+            f"keeps its runs in {running}, but this configuration says "
+            f"{_database_label(settings)}; stop it first: hutch catalog down"
+        )
 
 
 def _start(settings: Settings, config: CatalogConfig, timeout: float) -> CatalogConfig:
@@ -266,6 +319,8 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
     log_path = settings.run_dir / _LOG_FILE
     # The key goes through the environment, not argv, so `ps` does not show it.
     env = {**os.environ, "TILED_SINGLE_USER_API_KEY": config.api_key or ""}
+    if settings.catalog_database is not None:
+        env[_DATABASE_ENV] = settings.catalog_database
     started = time.monotonic()
     proc = services.spawn_detached(
         [
@@ -293,6 +348,7 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
             "uri": config.uri,
             "started_at": datetime.now(UTC).isoformat(),
             "log": str(log_path),
+            "database": _database_label(settings),
         },
     )
     deadline = started + timeout
@@ -418,9 +474,119 @@ def run_summaries(container: Container, limit: int = 20) -> list[RunSummary]:
     Only those runs are fetched (tiled slices the container server-side in insertion
     order); an open run has ``exit_status`` None and the number of events written so far.
     """
-    base = container.uri
+    return search_runs(container, limit=limit)
+
+
+def search_runs(
+    container: Container,
+    *,
+    sample: str | None = None,
+    proposal: str | None = None,
+    plan_name: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    exit_status: str | None = None,
+    text: str | None = None,
+    limit: int = 20,
+) -> list[RunSummary]:
+    """Summaries of the ``limit`` most recent runs matching every criterion given, newest last.
+
+    - ``sample``: the start document's ``sample``, a string or a dict with that ``name``;
+    - ``proposal``, ``plan_name``: equal to the start document's field (a proposal made of
+      digits also matches one stored as a number);
+    - ``since`` (inclusive) and ``until`` (exclusive): the run's start time; a naive
+      datetime is local time, as in ``datetime.timestamp()``;
+    - ``exit_status``: ``'success'``, ``'fail'`` or ``'abort'`` from the stop document, or
+      ``OPEN`` (``'open'``) for runs that have none (still running, or their writer died);
+    - ``text``: every word of it (case-insensitive, whole words) occurs in the run's
+      metadata, the start and stop documents: tiled's ``FullText``, an SQLite FTS5 index
+      or a PostgreSQL text search.  Words are split at anything but letters and digits
+      (``Si_wafer-2`` is ``si wafer 2``).  On SQLite field names also match, as FTS5
+      indexes the metadata's JSON text; PostgreSQL indexes string values only.
+
+    The criteria are tiled queries, evaluated by the catalogue's database: only the runs
+    returned are transferred, however many the catalogue holds (on PostgreSQL, equality
+    and text criteria use tiled's GIN indexes on the metadata).  Raises ``ValueError`` for
+    an unknown ``exit_status``, ``since`` after ``until``, a ``text`` without a word or a
+    ``limit`` below 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    found = _v3(container)
+    # Keys are spelled in full: CatalogOfBlueskyRuns.search prefixes others with "start.".
+    if proposal is not None:
+        found = found.search(In("start.proposal", _str_or_number(proposal)))
+    if plan_name is not None:
+        found = found.search(Eq("start.plan_name", plan_name))
+    if since is not None or until is not None:
+        found = found.search(_time_range(since, until))
+    if exit_status is not None:
+        found = found.search(_exit_status_query(exit_status))
+    if text is not None:
+        words = _words(text)
+        if not words:
+            raise ValueError(f"text {text!r} has no word to search for")
+        for word in words:
+            found = found.search(FullText(word))
+    if sample is None:
+        return _summaries(found.values().page_size(_PAGE).tail(limit), container.uri)
+    # tiled's queries are AND-ed; "sample is X or sample.name is X" is two searches, each
+    # limited server-side, merged here (a run matches only one: sample is a str or a dict).
+    runs = [
+        *found.search(Eq("start.sample", sample)).values().page_size(_PAGE).tail(limit),
+        *found.search(Eq("start.sample.name", sample)).values().page_size(_PAGE).tail(limit),
+    ]
+    runs.sort(key=lambda run: run.metadata["start"]["time"])
+    return _summaries(runs[-limit:], container.uri)
+
+
+# tiled serves at most 300 runs per request; longer listings take several pages.
+_PAGE = 300
+
+# The ``exit_status`` that selects runs without a stop document.
+OPEN = "open"
+EXIT_STATUSES = ("success", "fail", "abort", OPEN)
+
+
+def _exit_status_query(exit_status: str) -> Eq | KeyPresent:
+    if exit_status not in EXIT_STATUSES:
+        raise ValueError(
+            f"exit_status must be one of {', '.join(EXIT_STATUSES)}, not {exit_status!r}"
+        )
+    if exit_status == OPEN:
+        return KeyPresent("stop.exit_status", exists=False)
+    return Eq("stop.exit_status", exit_status)
+
+
+def _str_or_number(value: str) -> list[str | int]:
+    """The stored forms a value typed as text may have: "1234" may be stored as 1234."""
+    value = str(value)
+    return [value, int(value)] if value.isascii() and value.isdigit() else [value]
+
+
+def _time_range(since: datetime | None, until: datetime | None) -> TimeRange:
+    """bluesky-tiled-plugins' query on the start time, from datetimes."""
+    start = None if since is None else since.timestamp()
+    end = None if until is None else until.timestamp()
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"since ({since.isoformat()}) is after until ({until.isoformat()})")
+    # Timestamps are absolute, so the time zone TimeRange wants for strings plays no part.
+    return TimeRange(timezone="UTC", since=start, until=end)
+
+
+def _words(text: str) -> list[str]:
+    """The words of a free-text search, lower case.
+
+    Both full-text engines split text at anything but letters and digits; searching word
+    by word keeps their query syntaxes (FTS5's quotes, AND/OR/NOT, PostgreSQL's & | !)
+    out of the user's text, and lower case keeps FTS5 from reading a word as an operator.
+    """
+    return list(dict.fromkeys(re.findall(r"[^\W_]+", text.lower())))
+
+
+def _summaries(runs: Iterable[Container], base: str) -> list[RunSummary]:
     summaries = []
-    for run in _v3(container).values().tail(limit):
+    for run in runs:
         start = run.metadata["start"]
         stop = run.metadata.get("stop") or {}
         summaries.append(

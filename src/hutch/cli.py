@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from hutch.bench_tables import DEFAULT_TABLES, TABLES
 from hutch.config import Settings
 from hutch.errors import HutchError
 from hutch.profile import Profile, ProfileError, load_profile
@@ -99,17 +103,29 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _md_item(text: str) -> tuple[str, str]:
+    """An argparse type: ``key=value`` run metadata; the value is kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. sample=Si)")
+    return key.strip(), value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from hutch.ca import configure_ca_client
     from hutch.runplan import build_plan
-    from hutch.session import Session
+    from hutch.session import MissingMetadataError, Session
 
     profile, settings, port = _context(args)
     configure_ca_client(port)
-    with Session(profile, settings, live_table=not args.quiet) as session:
+    md = dict(args.md or ())
+    with Session(profile, settings, live_table=not args.quiet, md=md) as session:
         plan = build_plan(profile, session.devices, args.plan, args.params)
         try:
             result = session.run(plan)
+        except MissingMetadataError as exc:  # refused before it started: bad input, no run
+            flags = " ".join(f"--md {key}=..." for key in exc.missing)
+            raise PlanArgumentError(f"{exc} On the command line: {flags}") from None
         except Exception as exc:
             # The RunEngine has closed the run(s) with exit_status 'fail'; what was acquired is
             # in the NeXus file and the catalogue. Say which runs, then what went wrong.
@@ -132,12 +148,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_runs(args: argparse.Namespace) -> int:
-    from hutch.catalog import ensure_catalog, run_summaries, runs_container
+def _when(*, end_of_day: bool = False) -> Callable[[str], datetime]:
+    """An argparse type: an ISO 8601 date or date-time (naive: local time).
 
+    With ``end_of_day`` a bare date means the end of that day, so ``--until 2025-03-01``
+    includes the runs of 1 March (the search's upper bound is exclusive).
+    """
+
+    def parse(value: str) -> datetime:
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not an ISO date or date-time (e.g. 2025-03-01, "
+                f"2025-03-01T14:30 or 2025-03-01T14:30+02:00)"
+            ) from None
+        if end_of_day and len(value.strip()) == 10:  # YYYY-MM-DD, no time of day
+            when += timedelta(days=1)
+        return when
+
+    return parse
+
+
+def _positive(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from hutch.catalog import ensure_catalog, runs_container, search_runs
+
+    if args.since and args.until and args.since.timestamp() >= args.until.timestamp():
+        print(
+            f"hutch runs: error: --since ({args.since.isoformat()}) is not before --until "
+            f"({args.until.isoformat()})",
+            file=sys.stderr,
+        )
+        return 2
     profile, settings, _ = _context(args)
     container = runs_container(ensure_catalog(settings), profile.name)
-    summaries = run_summaries(container, limit=args.limit)
+    summaries = search_runs(
+        container,
+        sample=args.sample,
+        proposal=args.proposal,
+        plan_name=args.plan,
+        since=args.since,
+        until=args.until,
+        exit_status=args.status,
+        text=args.text,
+        limit=args.limit,
+    )
     if args.json:
         print(json.dumps([s.to_json() for s in summaries], indent=2))
         return 0
@@ -152,11 +218,60 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hutch.catalog import ensure_catalog, runs_container
+    from hutch.export import export_nexus
+
+    profile, settings, _ = _context(args)
+    container = runs_container(ensure_catalog(settings), profile.name)
+    # Not the live directory: an export sits beside, never in place of, a live file.
+    directory = Path(args.output) if args.output else settings.nexus_dir / "exported"
+    print(export_nexus(container, args.run, directory))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from hutch.bench import run_bench
 
-    run_bench(load_profile(args.profile), points=args.points, ops=args.ops, as_json=args.json)
+    run_bench(
+        load_profile(args.profile),
+        tables=args.tables or DEFAULT_TABLES,
+        points=args.points,
+        ops=args.ops,
+        events=args.events,
+        search_runs=args.runs,
+        data_dir=Settings.from_env(args.data_dir).data_dir,
+        as_json=args.json,
+    )
     return 0
+
+
+def _bench_table(name: str) -> str:
+    """An argparse type: the name of a ``hutch bench`` table.
+
+    Not ``choices``: with ``nargs="*"`` Python 3.11's argparse checks the empty default
+    against the choices and refuses a bare ``hutch bench``.
+    """
+    if name not in TABLES:
+        raise argparse.ArgumentTypeError(f"no table {name!r} (choose from {', '.join(TABLES)})")
+    return name
+
+
+def _bench_count(value: str) -> int:
+    """An argparse type: a count of events or runs, at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+def _bench_epilog() -> str:
+    """The tables, one paragraph each, for ``hutch bench --help``."""
+    lines = ["tables:"]
+    for name, what in TABLES.items():
+        lines += textwrap.wrap(
+            what, width=88, initial_indent=f"  {name:13} ", subsequent_indent=" " * 16
+        )
+    return "\n".join(lines)
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -220,28 +335,113 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("plan")
     p.add_argument("params", nargs="*", metavar="ARG")
     p.add_argument("-q", "--quiet", action="store_true", help="no live table")
+    p.add_argument(
+        "--md",
+        action="append",
+        type=_md_item,
+        metavar="KEY=VALUE",
+        help="run metadata (a string), e.g. --md sample=Si; repeatable; "
+        "overrides the profile's [metadata]",
+    )
     _common(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("runs", help="list recent runs from the catalogue")
+    p = sub.add_parser(
+        "runs",
+        help="list recent runs from the catalogue, optionally searched by metadata",
+        description="List the most recent runs of the profile's beamline, newest last. "
+        "Criteria are combined (all must hold) and evaluated by the catalogue's database. "
+        "Times are ISO 8601 dates or date-times, local time unless they carry an offset.",
+    )
     _common(p, port=False)
-    p.add_argument("-n", "--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--sample", help="sample name (start document's sample, or its name)")
+    p.add_argument("--proposal", help="proposal id")
+    p.add_argument("--plan", help="plan name, e.g. scan")
+    p.add_argument("--since", type=_when(), metavar="WHEN", help="started at or after WHEN")
+    p.add_argument(
+        "--until",
+        type=_when(end_of_day=True),
+        metavar="WHEN",
+        help="started before WHEN (a bare date includes that day)",
+    )
+    p.add_argument(
+        "--status",
+        choices=["success", "fail", "abort", "open"],  # hutch.catalog.EXIT_STATUSES
+        help="how the run ended; open: no stop document (running, or its writer died)",
+    )
+    p.add_argument(
+        "--text", help="words that must all occur in the run's metadata (whole words, any case)"
+    )
+    p.add_argument(
+        "-n", "--limit", type=_positive, default=20, help="at most this many runs (default 20)"
+    )
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser(
+        "export",
+        help="write a catalogued run to a file",
+        description="Write a run of the catalogue to a file by replaying its documents "
+        "through the writer the live session uses, and print the file's path.",
+    )
+    export = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    q = export.add_parser(
+        "nexus",
+        help="the run's NeXus/HDF5 file",
+        description="Write the NeXus file of a catalogued run, as the live session writes it. "
+        "RUN is a uid (or a unique prefix of 5+ characters), a scan id, or -1 for the newest "
+        "run (-N: the Nth newest). An existing file is never overwritten.",
+    )
+    q.add_argument("run", metavar="RUN", help="uid, uid prefix, scan id, or -N")
+    q.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="directory of the file (default: <data dir>/nexus/exported)",
+    )
+    _common(q, port=False)
+    q.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
         "bench",
-        help="measure step-scan overhead against the Channel Access floor",
-        description="Against a private simulator, catalogue and C softIoc: CA latency of the "
-        "simulator beside the C softIoc; a step scan's cost per point on the C softIoc (raw "
-        "Channel Access, ophyd-async, ophyd v1, soft signals) and on the simulator (raw "
-        "Channel Access, hutch's devices with and without the session's subscriptions, "
-        "ophyd v1/pyepics); and each run's fixed cost.",
+        help="measure hutch against baselines measured in the same run (CA latency, step "
+        "scans, NeXus writing, catalogue ingest and search)",
+        description=textwrap.fill(
+            "Measure the named tables (default: all) and print each row beside its "
+            "baseline, measured in the same run: against a private simulator, C softIoc "
+            "and catalogues on free loopback ports, and on the data directory's disk.",
+            width=88,
+        )
+        + "\n\nExample: hutch bench nexus search",
+        epilog=_bench_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "tables",
+        nargs="*",
+        type=_bench_table,
+        metavar="TABLE",
+        help=f"a table to measure: {', '.join(TABLES)} (default: all)",
     )
     p.add_argument("--profile", default="demo", help="beamline profile name or path")
     p.add_argument("--points", type=int, default=200, help="points per step scan")
     p.add_argument("--ops", type=int, default=500, help="operations per latency row")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--events",
+        type=_bench_count,
+        default=1000,
+        help="events per run of the nexus table (frames: a tenth as many) and, halved, "
+        "of the ingest table",
+    )
+    p.add_argument(
+        "--runs", type=_bench_count, default=10_000, help="runs in the search table's catalogue"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="the disk to measure on, and where the search catalogue is kept "
+        "($HUTCH_DATA_DIR, ./hutch-data)",
+    )
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("profile", help="validate and show a beamline profile")

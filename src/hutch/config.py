@@ -5,8 +5,40 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Settings"]
+from hutch.errors import HutchError
+
+__all__ = ["Settings", "SettingsError", "redact_uri"]
+
+
+class SettingsError(HutchError, ValueError):
+    """A setting (usually from the environment) has a value hutch cannot use."""
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for logs, state and errors)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _database_uri(uri: str | None) -> str | None:
+    """The catalogue database as tiled wants it (``postgresql://``), or None for SQLite."""
+    if not uri:
+        return None
+    scheme, sep, rest = uri.partition("://")
+    # tiled adds its async driver (asyncpg) itself and needs the bare scheme for table
+    # storage, so a driver suffix or another database is refused here, not in the server log.
+    if not sep or scheme not in ("postgresql", "postgres") or not rest:
+        raise SettingsError(
+            f"HUTCH_CATALOG_DATABASE must be a PostgreSQL URI like "
+            f"postgresql://user@host:5432/dbname, not {redact_uri(uri)!r}"
+        )
+    return f"postgresql://{rest}"
 
 
 @dataclass(frozen=True)
@@ -16,21 +48,30 @@ class Settings:
     ``HUTCH_DATA_DIR`` (default ``./hutch-data``) holds NeXus files, plots, the embedded
     catalogue and the state files of background services; ``HUTCH_CATALOG_PORT`` (default
     8765) is the embedded catalogue's port; ``HUTCH_CA_PORT`` overrides the profile's
-    simulator port.
+    simulator port.  ``HUTCH_CATALOG_DATABASE`` (unset by default: SQLite and DuckDB files
+    under ``catalog_dir``) is a ``postgresql://user@host:port/dbname`` URI of an existing
+    database in which the embedded catalogue keeps its catalogue and event tables; keep the
+    password out of it (``PGPASSWORD`` or ``~/.pgpass`` are read by both of tiled's drivers).
     """
 
     data_dir: Path
     catalog_port: int = 8765
     ca_port: int | None = None
+    catalog_database: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalog_database", _database_uri(self.catalog_database))
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None) -> Settings:
+        """The settings from ``HUTCH_*`` environment variables; ``data_dir`` wins over theirs."""
         root = data_dir or os.environ.get("HUTCH_DATA_DIR") or "hutch-data"
         ca_port = os.environ.get("HUTCH_CA_PORT")
         return cls(
             data_dir=Path(root).resolve(),
             catalog_port=int(os.environ.get("HUTCH_CATALOG_PORT", "8765")),
             ca_port=int(ca_port) if ca_port else None,
+            catalog_database=os.environ.get("HUTCH_CATALOG_DATABASE") or None,
         )
 
     @property

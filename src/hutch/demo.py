@@ -18,11 +18,12 @@ from bluesky.callbacks.fitting import PeakStats
 
 from hutch import plans, simulators
 from hutch.ca import configure_ca_client
-from hutch.catalog import stop_catalog
+from hutch.catalog import search_runs, stop_catalog
 from hutch.config import Settings
 from hutch.devices import Scaler
+from hutch.export import export_nexus, nexus_differences
 from hutch.profile import Profile, ProfileError
-from hutch.session import RunRecord, Session
+from hutch.session import MissingMetadataError, RunRecord, Session
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -65,6 +66,8 @@ class DemoSummary:
     simulator_started: bool = False
     runs: list[DemoRun] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Results beyond the runs: the refused run, catalogue searches, the export."""
 
     @property
     def ok(self) -> bool:
@@ -82,6 +85,7 @@ class DemoSummary:
             "catalog_uri": self.catalog_uri,
             "simulator_started": self.simulator_started,
             "runs": [run.to_json() for run in self.runs],
+            **self.extra,
             "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in self.checks],
         }
 
@@ -164,6 +168,18 @@ def _print_run(run: DemoRun, out) -> None:
         )
 
 
+def _print_data_management(summary: DemoSummary, out) -> None:
+    e = summary.extra
+    if "refused_run" in e:
+        print(f"\nrefused     {(e['refused_run'] or 'NOT refused').splitlines()[0]}", file=out)
+    for label, uids in e.get("searches", {}).items():
+        print(f"search      {label}: {len(uids)} of this demo's runs", file=out)
+    if "export" in e:
+        x = e["export"]
+        same = "equal to the live file" if not x["differences"] else "DIFFERS from the live file"
+        print(f"export      {x['path']} ({same})", file=out)
+
+
 def run_demo(
     profile: Profile,
     settings: Settings,
@@ -209,6 +225,7 @@ def run_demo(
             stop_catalog(settings)
     for run in summary.runs:
         _print_run(run, out)
+    _print_data_management(summary, out)
     passed = sum(ok for _, ok, _ in summary.checks)
     print(f"\nchecks: {passed}/{len(summary.checks)} passed", file=out)
     for name, ok, detail in summary.checks:
@@ -278,6 +295,52 @@ def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None
 
     if session.suspenders:
         _beam_dump_run(profile, session, summary, record, det)
+    _data_management(session, summary, det)
+
+
+def _data_management(session: Session, summary: DemoSummary, det: Any) -> None:
+    """What happens around the runs: a run lacking required metadata is refused before it
+    starts, the catalogue is searched by metadata, and a run's NeXus file is rebuilt from the
+    catalogue equal to the live one."""
+    RE = session.RE
+    before = len(session.runs)
+    try:
+        RE(plans.count([det], num=1), sample=None)
+        refused = None
+    except MissingMetadataError as exc:
+        refused = exc
+    summary.extra["refused_run"] = str(refused) if refused else None
+    summary.check(
+        "a run without a sample is refused before it starts",
+        refused is not None and "sample" in refused.missing and len(session.runs) == before,
+        str(refused),
+    )
+    if session.catalog is None:
+        return
+
+    ours = {r.record.uid: r.record for r in summary.runs}
+    scans = {u for u, r in ours.items() if r.plan_name == "scan"}
+    searches = {
+        "sample='demo sample', plan_name='scan'": {"sample": "demo sample", "plan_name": "scan"},
+        "exit_status='success', free text 'demo'": {"exit_status": "success", "text": "demo"},
+    }
+    summary.extra["searches"] = {}
+    for label, criteria in searches.items():
+        found = [s.uid for s in search_runs(session.runs_container, limit=1000, **criteria)]
+        summary.extra["searches"][label] = [u for u in found if u in ours]
+        expected = scans if "plan_name" in criteria else set(ours)
+        summary.check(f"catalogue search {label} finds this demo's runs", expected <= set(found))
+
+    scan = next(r for r in ours.values() if r.plan_name == "scan")
+    directory = session.settings.nexus_dir / "exported"
+    exported = export_nexus(session.runs_container, scan.uid, directory)
+    differences = nexus_differences(scan.nexus, exported)
+    summary.extra["export"] = {"uid": scan.uid, "path": str(exported), "differences": differences}
+    summary.check(
+        "NeXus file rebuilt from the catalogue equals the live one",
+        not differences,
+        f"{exported}: " + "; ".join(differences[:3]),
+    )
 
 
 #: The demo's simulated beam dump: when it starts in the run, and how long the beam is off.

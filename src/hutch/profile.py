@@ -7,17 +7,22 @@ metadata defaults and plans.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "STANDARD_METADATA",
     "DeviceSpec",
+    "MetadataDefaults",
+    "NexusSpec",
     "PeakModel",
     "Profile",
     "ProfileError",
@@ -57,6 +62,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class NexusSpec(_Strict):
+    """How a device is written to NeXus files, where its class's default does not fit."""
+
+    nx_class: str | None = Field(default=None, alias="class", pattern=r"^NX[a-z_]+$")
+    """NeXus base class of the device's group, e.g. ``NXdisk_chopper``."""
+    fields: dict[str, str] = {}
+    """Data key suffix (without the device name; ``value`` for the device's own reading) ->
+    NeXus field name, e.g. ``{ value = "x_gap" }``."""
+    monitors: list[str] = []
+    """Data key suffixes that are beam monitors (written as NXmonitor), e.g. ``["I0"]``."""
+
+
 class DeviceSpec(_Strict):
     """One device of the beamline: what it is, where its PVs live, how to simulate it."""
 
@@ -71,6 +88,8 @@ class DeviceSpec(_Strict):
     sim: dict[str, Any] = {}
     """Settings of the simulated hardware (limits, velocity, initial value, ...)."""
     description: str = ""
+    nexus: NexusSpec = NexusSpec()
+    """NeXus class and field names; the class defaults to the device class's (``nexus_class``)."""
 
     @field_validator("name")
     @classmethod
@@ -139,15 +158,63 @@ class SimulationSpec(_Strict):
     peak: PeakModel | None = None
 
 
+#: Metadata that identifies a run: what a run's start document carries when the session has it.
+STANDARD_METADATA = ("facility", "beamline", "proposal", "sample", "operator")
+#: Start-document keys the RunEngine fills for every run: requiring them means nothing.
+_RUN_ENGINE_KEYS = frozenset({"uid", "time", "scan_id", "plan_name", "plan_type"})
+
+
 class MetadataDefaults(BaseModel):
-    """Metadata every run of the beamline starts with; extra keys are kept as they are."""
+    """Metadata every run of the beamline starts with; extra keys are kept as they are.
+
+    ``required`` lists the keys every run's start document must carry, beside facility and
+    beamline, which are always required: the session refuses a run missing any of them
+    (absent, None or blank) before it starts. A name is a metadata key (letters, digits,
+    underscores); one that is not a standard key (`STANDARD_METADATA`) is accepted as the
+    beamline's own (e.g. ``temperature``) unless it looks like a misspelt standard one.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     facility: str
     beamline: str
     proposal: str | None = None
+    sample: str | dict[str, Any] | None = None
     operator: str | None = None
+    # Not metadata itself: excluded from model_dump(), so it never goes into RE.md.
+    required: list[str] = Field(default=[], exclude=True)
+
+    @field_validator("required")
+    @classmethod
+    def _required_names(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            if not _IDENTIFIER.match(name):
+                raise ValueError(f"{name!r} is not a metadata key (letters, digits and _)")
+            if name in _RUN_ENGINE_KEYS:
+                raise ValueError(f"{name!r} is set by the RunEngine for every run")
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+            close = difflib.get_close_matches(name, STANDARD_METADATA, n=1, cutoff=0.8)
+            if close and name not in STANDARD_METADATA:
+                raise ValueError(f"unknown metadata key {name!r}: did you mean {close[0]!r}?")
+        return value
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        """Every key a run must carry: facility, beamline, then ``required``'s."""
+        return tuple(dict.fromkeys(("facility", "beamline", *self.required)))
+
+    def missing(self, md: Mapping[str, Any]) -> list[str]:
+        """The required keys that ``md`` (a run's merged metadata) lacks or leaves blank."""
+
+        def blank(value: Any) -> bool:
+            if isinstance(value, str):
+                return not value.strip()
+            return value is None or (isinstance(value, Mapping | list | tuple) and not value)
+
+        return [key for key in self.required_keys if blank(md.get(key))]
 
 
 class Profile(_Strict):
@@ -160,6 +227,8 @@ class Profile(_Strict):
     plans: list[str]
     """Names of the plans offered at this beamline (from ``hutch.plans``)."""
     devices: list[DeviceSpec]
+    baseline: list[str] = []
+    """Devices read at the start and end of every run (bluesky's baseline stream)."""
     suspenders: list[SuspenderSpec] = []
     simulation: SimulationSpec = SimulationSpec()
     path: Path | None = Field(default=None, exclude=True)
@@ -183,6 +252,9 @@ class Profile(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate device name(s): {', '.join(duplicates)}")
+        unknown = [b for b in self.baseline if b not in names]
+        if unknown:
+            raise ValueError(f"baseline names unknown device(s): {', '.join(unknown)}")
         for i, suspender in enumerate(self.suspenders):
             if suspender.device not in names:
                 raise ValueError(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.preprocessors import SupplementalData
 from bluesky.run_engine import RunEngineResult, call_in_bluesky_event_loop
 from event_model import DocumentRouter
 
@@ -18,12 +20,13 @@ import hutch
 from hutch import patches
 from hutch.catalog import CatalogConfig, ensure_catalog, run_uri, runs_container
 from hutch.config import Settings
-from hutch.devices import connect_devices, make_devices
+from hutch.devices import connect_devices, devices_metadata, make_devices
+from hutch.errors import HutchError
 from hutch.profile import Profile
 from hutch.recorder import Recorder, RecorderConfig
 from hutch.suspenders import make_suspender
 
-__all__ = ["RunRecord", "Session"]
+__all__ = ["MissingMetadataError", "RequiredMetadata", "RunRecord", "Session"]
 
 patches.apply()
 
@@ -79,6 +82,57 @@ class _RunLog(DocumentRouter):
             record.events.update(doc.get("num_events") or {})
 
 
+class MissingMetadataError(HutchError, ValueError):
+    """A run was refused before it started: required metadata is missing or blank."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class RequiredMetadata:
+    """A RunEngine ``md_validator`` refusing a run whose metadata (``RE.md``, the plan's
+    ``md``, ``RE(plan, **md)``) lacks a key the profile requires (``[metadata] required``,
+    facility and beamline always); then it calls the validator it replaced.
+
+    bluesky calls it when the run opens, before the start document: a refused run emits
+    nothing. ``uninstall(RE)`` puts the replaced validator back, or, if another has been
+    chained on top of this one since, turns this one into a pass-through.
+    """
+
+    def __init__(self, profile: Profile, previous: Callable[[dict], Any] | None) -> None:
+        self.profile = profile
+        self.previous = previous
+        self.active = True
+
+    def __call__(self, md: dict[str, Any]) -> None:
+        # Before the previous validator: bluesky's own rejects sample=None with a type error.
+        if self.active and (missing := self.profile.metadata.missing(md)):
+            raise MissingMetadataError(self._message(missing), missing)
+        if self.previous is not None:
+            self.previous(md)
+
+    def _message(self, missing: list[str]) -> str:
+        if len(missing) == 1:
+            it, every = "it", f"RE.md[{missing[0]!r}] = ..."
+        else:
+            it, every = "them", f"RE.md.update({', '.join(f'{k}=...' for k in missing)})"
+        one = "md={" + ", ".join(f"{k!r}: ..." for k in missing) + "}"
+        where = f" ({self.profile.path}, [metadata] required)" if self.profile.path else ""
+        return (
+            f"run refused before it started: required metadata missing: {', '.join(missing)}. "
+            f"Set {it} for every run with {every}, or for this run with the plan's {one}. "
+            f"Profile {self.profile.name!r} requires "
+            f"{', '.join(self.profile.metadata.required_keys)}{where}."
+        )
+
+    def uninstall(self, RE: RunEngine) -> None:
+        """Stop validating; give ``RE`` back the validator this one replaced, if it can."""
+        self.active = False
+        if RE.md_validator is self:
+            RE.md_validator = self.previous
+
+
 class Session:
     """A beamline session for one profile: its devices, connected, and a RunEngine ``RE``
     whose every run is shown as a live table and written to a NeXus file, a PNG plot and
@@ -87,7 +141,9 @@ class Session:
 
     Use ``session.run(plan)`` (or ``session.RE(plan)``); ``session.devices`` maps device names
     to devices; ``session.runs`` lists what each run produced. The profile's
-    ``[[suspenders]]`` are installed on ``RE`` (``session.suspenders``): a beam dump suspends
+    ``baseline`` devices are read at the start and end of every run (``session.baseline``,
+    bluesky's ``SupplementalData``); its ``[[suspenders]]`` are installed on ``RE``
+    (``session.suspenders``): a beam dump suspends
     a run instead of recording points without beam. ``session.close()`` (or the end of a
     ``with Session(...)`` block) stops the recorder.
     """
@@ -112,7 +168,12 @@ class Session:
         self.RE = RE or RunEngine(call_returns_result=True)
         self.RE.md.update(profile.metadata.model_dump(exclude_none=True))
         self.RE.md.update(profile=profile.name, hutch_version=hutch.__version__)
+        self.RE.md["devices"] = devices_metadata(profile)  # NeXus classes, prefixes
         self.RE.md.update(md or {})
+        # A run missing required metadata is refused before its start document: bluesky calls
+        # RE.md_validator with the run's merged metadata when the run opens.
+        self._md_validator = RequiredMetadata(profile, self.RE.md_validator)
+        self.RE.md_validator = self._md_validator
 
         self._runs = _RunLog()
         self._tokens = [self.RE.subscribe(self._runs)]
@@ -139,6 +200,10 @@ class Session:
             self.recorder = Recorder(config, log)
 
         self.devices = make_devices(profile)
+        # The profile's baseline devices are read at the start and end of every run, once
+        # they are connected (`connect`).
+        self.baseline = SupplementalData(baseline=[])
+        self.RE.preprocessors.append(self.baseline)
         self.connection_failures: dict[str, list[str]] = {}
         self.suspenders = []
         if connect:
@@ -150,12 +215,20 @@ class Session:
         if self.recorder:
             self.recorder.wait_ready()
             self._tokens.append(self.RE.subscribe(self.recorder))  # last: it may raise
+            # A writer's failure (a full disk) then fails its run instead of following it.
+            self.RE.preprocessors.append(self.recorder.check_before_close)
 
     def connect(self, timeout: float = 10.0, *, raise_on_failure: bool = True) -> None:
         """Connect all devices concurrently; raise listing every missing PV (or keep them)."""
         self.connection_failures = call_in_bluesky_event_loop(
             connect_devices(self.devices, timeout, raise_on_failure=raise_on_failure)
         )
+        # A device that did not connect is left out of the baseline: runs still work.
+        self.baseline.baseline = [
+            self.devices[name]
+            for name in self.profile.baseline
+            if name not in self.connection_failures
+        ]
 
     def close(self) -> None:
         """Unsubscribe the session's callbacks from ``RE``, let the recorder finish writing
@@ -163,7 +236,12 @@ class Session:
         for token in self._tokens:
             self.RE.unsubscribe(token)
         self._tokens.clear()
+        self._md_validator.uninstall(self.RE)
+        if self.baseline in self.RE.preprocessors:
+            self.RE.preprocessors.remove(self.baseline)
         if self.recorder:
+            if self.recorder.check_before_close in self.RE.preprocessors:
+                self.RE.preprocessors.remove(self.recorder.check_before_close)
             self.recorder.close()
 
     def __enter__(self) -> Session:

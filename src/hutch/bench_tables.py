@@ -1,0 +1,25 @@
+"""The tables ``hutch bench`` measures, by name: the CLI lists and selects them from here
+without importing the bench itself (bluesky, ophyd, Channel Access)."""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_TABLES", "TABLES"]
+
+#: Every table ``hutch bench`` can measure, by the name that selects it, with what it holds.
+TABLES: dict[str, str] = {
+    "latency": "Channel Access latency: caget and caput-callback, hutch simulator vs C softIoc",
+    "softioc-scan": "step scan on the C softIoc, ms per point: raw CA floor, ophyd-async, "
+    "ophyd v1, soft signals",
+    "sim-scan": "step scan on the hutch simulator, ms per point: raw CA floor, hutch devices, "
+    "full session, ophyd v1; and each stack's fixed cost per run",
+    "nexus": "NeXus writer throughput (events/s, MB/s): NexusWriter vs raw h5py appends of "
+    "the same data, scalar stream and 512x512 frames, single events and pages; goal: 80% of raw",
+    "ingest": "catalogue ingest (events/s): TiledWriter vs raw tiled-client appends, scalar "
+    "stream, hutch's batch size, single events and pages",
+    "search": "metadata search latency over 10 000 catalogued runs (sample, proposal + time "
+    "range, plan, exit status, free text) vs the 20 newest; goal: under 1 s. The catalogue "
+    "is populated once and kept under the data directory",
+}
+
+#: What a bare ``hutch bench`` measures: every table.
+DEFAULT_TABLES: tuple[str, ...] = tuple(TABLES)

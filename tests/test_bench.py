@@ -1,0 +1,72 @@
+"""``hutch bench``'s NeXus throughput and metadata search tables, run small: the rows are
+produced with positive numbers (their values are the bench's business, not the tests')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hutch import bench_search
+from hutch.bench import BenchRow, run_bench
+from hutch.bench_search import search_latency
+from hutch.bench_tables import TABLES
+from hutch.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _private_catalogue(monkeypatch, free_port):
+    """The bench's catalogues on this worker's ports, never on an external catalogue."""
+    monkeypatch.delenv("HUTCH_CATALOG_URI", raising=False)
+    monkeypatch.delenv("HUTCH_CATALOG_API_KEY", raising=False)
+    monkeypatch.setattr(bench_search, "free_port", free_port)
+
+
+def test_help_names_every_table(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in TABLES)
+
+
+def test_an_unknown_table_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "nexus", "nonesuch"])
+    assert "nonesuch" in capsys.readouterr().err
+
+
+def test_nexus_throughput_table(demo_profile, tmp_path, capsys):
+    rows = run_bench(demo_profile, tables=["nexus"], events=20, data_dir=tmp_path)
+    assert len(rows) == 8  # raw h5py and NexusWriter: 2 streams x single events and pages
+    for row in rows:
+        assert row.ms > 0 and row.events_per_s > 0 and row.mb_per_s > 0 and row.ratio > 0
+    writers = [r for r in rows if r.name.startswith("NexusWriter")]
+    assert len(writers) == 4
+    assert all(r.met is not None and r.baseline.startswith("raw h5py") for r in writers)
+    out = capsys.readouterr().out
+    assert "NeXus writer throughput" in out and "Run time: nexus" in out
+    assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"
+
+
+def test_search_over_a_small_catalogue(tmp_path):
+    said: list[str] = []
+    rows = search_latency(tmp_path, runs=60, repeats=2, log=said.append)
+    assert [r.name.split(":")[0] for r in rows] == [
+        "run_summaries",
+        "by sample",
+        "by proposal and time range",
+        "by plan_name",
+        "by exit_status",
+        "by free text",
+    ]
+    assert all(isinstance(r, BenchRow) and 0 < r.ms <= r.worst_ms for r in rows)
+    by = {r.name.split(":")[0]: r for r in rows}
+    # Every sample and plan searched for is in the catalogue.
+    assert by["by sample"].found >= 1 and by["by plan_name"].found >= 1
+    assert by["run_summaries"].found == 20
+    assert any("populated 60 runs" in line for line in said)
+    # What makes the next bench search this catalogue instead of populating another.
+    home = tmp_path / "bench" / bench_search._cache_version(60)
+    marker = json.loads((home / "populated.json").read_text())
+    assert marker["version"] == home.name and marker["runs"] == 60 and marker["queries"]
+    assert (home / "catalog" / "catalog.db").is_file()

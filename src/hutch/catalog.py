@@ -326,7 +326,7 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
         [
             sys.executable,
             "-m",
-            "tiled",
+            "hutch.tiled_server",  # tiled's `tiled serve`, free-text search fixed
             "serve",
             "config",
             str(server_config),

@@ -169,7 +169,7 @@ def _coerce(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if dtype.kind in "iub" and array.dtype.kind in "fc" and np.any(array != np.round(array)):
         # Integer-typed key (dtype guessed from an initial integer value) now reads a fraction.
         raise ValueError(f"{value!r} would be truncated to {dtype}")
-    array = array.astype(dtype)
+    array = array.astype(dtype, copy=False)
     if array.shape == shape:
         return array
     if array.ndim != len(shape):
@@ -208,12 +208,17 @@ def _write_fields(group: h5py.Group, fields: dict[str, Any]) -> None:
             dataset.attrs["units"] = str(units)
 
 
-@dataclass
 class _Column:
-    """The growing datasets of one data key: values and their timestamps."""
+    """The growing datasets of one data key: values and their timestamps.
 
-    values: h5py.Dataset
-    timestamps: h5py.Dataset
+    Their length, row shape and dtype are kept here: asking h5py costs an HDF5 call each.
+    """
+
+    def __init__(self, values: h5py.Dataset, timestamps: h5py.Dataset) -> None:
+        self.values, self.timestamps = values, timestamps
+        self.length = values.shape[0]
+        self.row_shape: tuple[int, ...] = values.shape[1:]
+        self.dtype = values.dtype
 
     def write(self, rows: list[int], values: list[Any], timestamps: list[float]) -> None:
         """Write one value per row index, growing the column as needed (never shrinking).
@@ -221,23 +226,26 @@ class _Column:
         A page of consecutive rows is one HDF5 write per dataset; a page with gaps, missing
         values or a value that does not fit is written row by row.
         """
-        n = max(self.values.shape[0], max(rows) + 1)
-        self.values.resize(n, axis=0)
-        self.timestamps.resize(n, axis=0)
-        first = rows[0]
-        if rows == list(range(first, first + len(rows))):
+        n = max(self.length, max(rows) + 1)
+        if n > self.length:
+            self.values.resize(n, axis=0)
+            self.timestamps.resize(n, axis=0)
+            self.length = n
+        first, count = rows[0], len(rows)
+        if rows == list(range(first, first + count)):
+            self.timestamps[first : first + count] = timestamps
             block = self._block(values)
             if block is not None:
-                self.values[first : first + len(rows)] = block
-                self.timestamps[first : first + len(rows)] = timestamps
+                self.values[first : first + count] = block
                 return
-        row_shape = self.values.shape[1:]
-        for i, value, timestamp in zip(rows, values, timestamps, strict=True):
-            self.timestamps[i] = timestamp
+        else:
+            for i, timestamp in zip(rows, timestamps, strict=True):
+                self.timestamps[i] = timestamp
+        for i, value in zip(rows, values, strict=True):
             if value is None:  # key missing from this event: leave the fill value
                 continue
             try:
-                self.values[i] = _coerce(value, self.values.dtype, row_shape)
+                self.values[i] = _coerce(value, self.dtype, self.row_shape)
             except (TypeError, ValueError) as err:
                 # Keep the row (fill value) so every column of the stream stays aligned.
                 logger.warning("%s row %d not written: %s", self.values.name, i, err)
@@ -247,7 +255,7 @@ class _Column:
         is missing or does not fit (then each row is written, or reported, on its own)."""
         if any(value is None for value in values):
             return None
-        dtype, row_shape = self.values.dtype, self.values.shape[1:]
+        dtype, row_shape = self.dtype, self.row_shape
         try:
             if dtype != _STRING:
                 block = np.asarray(values)

@@ -26,6 +26,7 @@ from bluesky import RunEngine
 from bluesky.utils import RequestAbort
 from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
 from ophyd.sim import det, det4, motor, motor1, motor2
+from tiled.client import from_uri
 
 from hutch.catalog import (
     CatalogError,
@@ -311,16 +312,40 @@ def test_concurrent_starters_all_read_the_same_complete_key(tmp_path):
         assert key.isalnum() and len(key) == 64
 
 
-def test_server_listens_on_loopback_only(settings, catalog):
-    port = f"{settings.catalog_port:04X}"
+def _listening(port: int) -> list[str]:
+    """The addresses (as /proc/net/tcp spells them) with a socket listening on ``port``."""
     listening = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 local, state = line.split()[1], line.split()[3]
-                if local.endswith(f":{port}") and state == "0A":  # 0A: LISTEN
+                if local.endswith(f":{port:04X}") and state == "0A":  # 0A: LISTEN
                     listening.append(local.split(":")[0])
-    assert listening == ["0100007F"]  # 127.0.0.1, and no IPv6 or wildcard socket
+    return listening
+
+
+def test_server_listens_on_loopback_only(settings, catalog):
+    assert _listening(settings.catalog_port) == ["0100007F"]  # 127.0.0.1, no other socket
+
+
+def test_server_listens_where_configured(tmp_path, monkeypatch, free_port):
+    """HUTCH_CATALOG_HOST moves the server to another address (here 127.0.0.2, another
+    loopback address, so nothing leaves the machine); clients follow it, the key still rules."""
+    monkeypatch.setenv("HUTCH_CATALOG_HOST", "127.0.0.2")
+    monkeypatch.setenv("HUTCH_CATALOG_PORT", str(free_port()))
+    settings = Settings.from_env(tmp_path)
+    try:
+        config = ensure_catalog(settings, timeout=START_TIMEOUT)
+        assert config.uri == f"http://127.0.0.2:{settings.catalog_port}"
+        assert _listening(settings.catalog_port) == ["0200007F"]  # 127.0.0.2 only
+        container = runs_container(config, BEAMLINE)
+        assert BEAMLINE in from_uri(config.uri, api_key=config.api_key)
+        assert len(container) == 0
+        with httpx.Client(trust_env=False) as client:
+            refused = client.post(f"{config.uri}/api/v1/metadata/", json={})
+        assert refused.status_code in (401, 403)
+    finally:
+        stop_catalog(settings)
 
 
 def _pg_tables(uri: str) -> set[str]:

@@ -2,8 +2,9 @@
 
 Every run is written by bluesky-tiled-plugins' ``TiledWriter`` into a container named after
 the beamline.  By default that container lives in an *embedded* catalogue: a tiled server
-process that hutch starts on demand on 127.0.0.1 (SQLite catalogue, files plus DuckDB tables
-under ``Settings.catalog_dir``), shared by the IPython session, the queue server and
+process that hutch starts on demand, listening on 127.0.0.1 only unless ``HUTCH_CATALOG_HOST``
+says otherwise (SQLite catalogue, files plus DuckDB tables under ``Settings.catalog_dir``),
+shared by the IPython session, the queue server and
 ``hutch runs``.  ``HUTCH_CATALOG_DATABASE=postgresql://...`` makes that same embedded
 server keep its catalogue and event tables in PostgreSQL, the option for large catalogues
 and several writers.  Setting ``HUTCH_CATALOG_URI`` (and ``HUTCH_CATALOG_API_KEY``) points
@@ -226,11 +227,11 @@ def _answers(config: CatalogConfig, timeout: float = 2.0) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
@@ -238,9 +239,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _port_taken_error(port: int) -> CatalogError:
+def _port_taken_error(settings: Settings) -> CatalogError:
     return CatalogError(
-        f"cannot start the catalogue: port {port} on 127.0.0.1 is used by another program; "
+        f"cannot start the catalogue: port {settings.catalog_port} on "
+        f"{settings.catalog_host} is used by another program; "
         f"set HUTCH_CATALOG_PORT to a free port"
     )
 
@@ -269,7 +271,9 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
     if (external := _external_config()) is not None:
         return external
     port = settings.catalog_port
-    config = CatalogConfig(uri=f"http://127.0.0.1:{port}", api_key=_api_key(settings))
+    config = CatalogConfig(
+        uri=f"http://{settings.catalog_address}:{port}", api_key=_api_key(settings)
+    )
     with _start_lock(settings):
         state = services.read_state(_state_path(settings))
         if state is not None:
@@ -284,8 +288,8 @@ def ensure_catalog(settings: Settings, timeout: float = 60) -> CatalogConfig:
                 # Alive but deaf (hung, or started on another port): replace it.
                 services.terminate(pid)
             _state_path(settings).unlink(missing_ok=True)
-        if not _port_free(port):
-            raise _port_taken_error(port)
+        if not _port_free(settings.catalog_host, port):
+            raise _port_taken_error(settings)
         return _start(settings, config, timeout)
 
 
@@ -331,7 +335,7 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
             "config",
             str(server_config),
             "--host",
-            "127.0.0.1",
+            settings.catalog_host,
             "--port",
             str(port),
         ],
@@ -357,7 +361,7 @@ def _start(settings: Settings, config: CatalogConfig, timeout: float) -> Catalog
             _state_path(settings).unlink(missing_ok=True)
             tail = services.log_tail(log_path)
             if "address already in use" in tail.lower():
-                raise _port_taken_error(port)
+                raise _port_taken_error(settings)
             raise CatalogError(
                 f"the catalogue server on port {port} exited with status {proc.returncode}; "
                 f"end of {log_path}:\n{tail}"

@@ -48,7 +48,10 @@ class Settings:
     ``HUTCH_DATA_DIR`` (default ``./hutch-data``) holds NeXus files, plots, the embedded
     catalogue and the state files of background services; ``HUTCH_CATALOG_PORT`` (default
     8765) is the embedded catalogue's port; ``HUTCH_CA_PORT`` overrides the profile's
-    simulator port.  ``HUTCH_CATALOG_DATABASE`` (unset by default: SQLite and DuckDB files
+    simulator port.  ``HUTCH_CATALOG_HOST`` (default 127.0.0.1, loopback only) is the
+    address the embedded catalogue listens on: another address (a beamline network's, or
+    0.0.0.0 for all) makes it reachable from other machines, still only with its API key.
+    ``HUTCH_CATALOG_DATABASE`` (unset by default: SQLite and DuckDB files
     under ``catalog_dir``) is a ``postgresql://user@host:port/dbname`` URI of an existing
     database in which the embedded catalogue keeps its catalogue and event tables; keep the
     password out of it (``PGPASSWORD`` or ``~/.pgpass`` are read by both of tiled's drivers).
@@ -58,6 +61,7 @@ class Settings:
     catalog_port: int = 8765
     ca_port: int | None = None
     catalog_database: str | None = None
+    catalog_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog_database", _database_uri(self.catalog_database))
@@ -72,7 +76,14 @@ class Settings:
             catalog_port=int(os.environ.get("HUTCH_CATALOG_PORT", "8765")),
             ca_port=int(ca_port) if ca_port else None,
             catalog_database=os.environ.get("HUTCH_CATALOG_DATABASE") or None,
+            catalog_host=os.environ.get("HUTCH_CATALOG_HOST") or "127.0.0.1",
         )
+
+    @property
+    def catalog_address(self) -> str:
+        """Where this machine's clients reach the embedded catalogue: its listening address,
+        or loopback when it listens on every address."""
+        return "127.0.0.1" if self.catalog_host in ("0.0.0.0", "::", "") else self.catalog_host
 
     @property
     def nexus_dir(self) -> Path:

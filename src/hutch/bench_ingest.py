@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow
-from event_model import compose_run, pack_event_page
 from tiled.structures.core import Spec
 
 from hutch.bench import BenchRow, free_port
+from hutch.bench_nexus import scan_documents
 from hutch.catalog import (
     DEFAULT_BATCH_SIZE,
     ensure_catalog,
@@ -38,102 +38,28 @@ __all__ = ["catalog_ingest"]
 #: The beamline container the bench's runs go to.
 BEAMLINE = "bench"
 
-_DATA_KEYS = {
-    "sample_x": {
-        "dtype": "number",
-        "shape": [],
-        "source": "DEMO:SAMPLE:X.RBV",
-        "units": "mm",
-        "object_name": "sample_x",
-    },
-    "sample_x-user_setpoint": {
-        "dtype": "number",
-        "shape": [],
-        "source": "DEMO:SAMPLE:X.VAL",
-        "units": "mm",
-        "object_name": "sample_x",
-    },
-    "det-I0": {"dtype": "integer", "shape": [], "source": "DEMO:SCALER1.S2", "object_name": "det"},
-    "det-diode": {
-        "dtype": "integer",
-        "shape": [],
-        "source": "DEMO:SCALER1.S3",
-        "object_name": "det",
-    },
-    "det-elapsed_time": {
-        "dtype": "number",
-        "shape": [],
-        "source": "DEMO:SCALER1.T",
-        "units": "s",
-        "object_name": "det",
-    },
-}
-
-
-def _scan(n: int, page: int) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]], list]:
-    """(start and descriptor, events or pages and the stop, the events) of an n-point scan."""
-    bundle = compose_run(
-        metadata={
-            "plan_name": "scan",
-            "beamline": BEAMLINE,
-            "detectors": ["det"],
-            "motors": ["sample_x"],
-            "num_points": n,
-            "hints": {"dimensions": [[["sample_x"], "primary"]]},
-        }
-    )
-    descriptor = bundle.compose_descriptor(
-        name="primary",
-        data_keys=_DATA_KEYS,
-        object_keys={
-            "sample_x": ["sample_x", "sample_x-user_setpoint"],
-            "det": ["det-I0", "det-diode", "det-elapsed_time"],
-        },
-        hints={"det": {"fields": ["det-diode"]}},
-    )
-    events = []
-    for i in range(n):
-        x = -5.0 + 10.0 * i / max(n - 1, 1)
-        data = {
-            "sample_x": x,
-            "sample_x-user_setpoint": x,
-            "det-I0": 100_000 + i % 7,
-            "det-diode": 2000 + i % 97,
-            "det-elapsed_time": 0.1,
-        }
-        events.append(
-            descriptor.compose_event(
-                data=data, timestamps=dict.fromkeys(data, time.time()), seq_num=i + 1
-            )
-        )
-    if page == 1:
-        body = [("event", event) for event in events]
-    else:
-        body = [("event_page", pack_event_page(*events[i : i + page])) for i in range(0, n, page)]
-    head = [("start", bundle.start_doc), ("descriptor", descriptor.descriptor_doc)]
-    return head, [*body, ("stop", bundle.compose_stop())], events
-
 
 def _time_writer(container: Any, n: int, page: int, batch_size: int) -> float:
     writer = make_tiled_writer(container, batch_size=batch_size)
-    head, timed, _ = _scan(n, page)
-    for name, doc in head:
+    run = scan_documents("scalar", n, page)
+    for name, doc in run.head:
         writer(name, doc)
     start = time.perf_counter()
-    for name, doc in timed:
+    for name, doc in [*run.body, *run.stop]:
         writer(name, doc)
     return time.perf_counter() - start
 
 
 def _time_raw(container: Any, n: int, batch_size: int) -> float:
     """The same rows appended with tiled's client alone, ``batch_size`` per request."""
-    head, _, events = _scan(n, 1)
-    start_doc, descriptor = head[0][1], head[1][1]
+    run = scan_documents("scalar", n, 1)
+    (_, start_doc), (_, descriptor) = run.head
+    events = [event for _, event in run.body]
     # The containers TiledWriter would have made at start and descriptor (not timed).
-    run = container.create_container(
+    run_node = container.create_container(
         start_doc["uid"], metadata={"start": start_doc}, specs=[Spec("BlueskyRun", version="3.0")]
     )
-    stream = run.create_container(
+    stream = run_node.create_container(
         "primary",
         metadata={
             k: v for k, v in descriptor.items() if k not in ("name", "object_keys", "run_start")

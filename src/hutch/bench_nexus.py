@@ -32,7 +32,7 @@ from event_model import compose_run, pack_event_page
 from hutch.bench import BenchRow, BenchTableError
 from hutch.callbacks.nexus import NexusWriter
 
-__all__ = ["NEXUS_GOAL", "nexus_throughput"]
+__all__ = ["NEXUS_GOAL", "ScanDocuments", "nexus_throughput", "scan_documents"]
 
 #: The writer should append at least this fraction of raw h5py's events/s (issue #4).
 NEXUS_GOAL = 0.8
@@ -44,8 +44,9 @@ Documents = list[tuple[str, dict[str, Any]]]
 
 
 @dataclass
-class _Run:
-    """One run's documents, split where the timing starts and ends."""
+class ScanDocuments:
+    """One run's documents, split where the timing starts and ends (the catalogue ingest
+    bench feeds the same runs)."""
 
     head: Documents  # start, descriptor: creates the file and its datasets (not timed)
     body: Documents  # events or event pages (timed)
@@ -104,7 +105,7 @@ def _key(dtype: str, source: str, obj: str, **extra: Any) -> dict[str, Any]:
     return {"dtype": dtype, "shape": [], "source": source, "object_name": obj, **extra}
 
 
-def _documents(stream: str, n: int, page: int) -> _Run:
+def scan_documents(stream: str, n: int, page: int) -> ScanDocuments:
     """A run of ``n`` events of ``stream`` ('scalar' or 'frames') composed with event-model,
     the events fed one by one (``page`` 1) or packed ``page`` at a time as the recorder does."""
     data_keys, data = (_scalar_stream if stream == "scalar" else _frame_stream)(n)
@@ -150,7 +151,7 @@ def _documents(stream: str, n: int, page: int) -> _Run:
         body: Documents = [("event", event) for event in events]
     else:
         body = [("event_page", pack_event_page(*events[i : i + page])) for i in range(0, n, page)]
-    return _Run(
+    return ScanDocuments(
         head=[("start", bundle.start_doc), ("descriptor", descriptor.descriptor_doc)],
         body=body,
         stop=[("stop", bundle.compose_stop())],
@@ -219,7 +220,7 @@ def _spans(events: int, page: int) -> list[tuple[int, int]]:
     return [(i, min(i + page, events)) for i in range(0, events, page)]
 
 
-def _time_writer(run: _Run, directory: Path) -> tuple[float, Path]:
+def _time_writer(run: ScanDocuments, directory: Path) -> tuple[float, Path]:
     """Seconds the writer took for the run's events and stop, and the file it wrote."""
     directory.mkdir()
     writer = NexusWriter(directory)
@@ -284,7 +285,7 @@ def nexus_throughput(
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nexus-", dir=work_dir) as tmp:
         for label, stream, n, page in _cases(events, frames):
-            run = _documents(stream, n, page)
+            run = scan_documents(stream, n, page)
             writer_s, raw_s, payload = [], [], 0
             # Frame runs take a tenth of a second but vary most (the page cache writing back
             # ~50 MB a run): three times the repeats.

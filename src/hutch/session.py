@@ -203,7 +203,7 @@ class Session:
         # The profile's baseline devices are read at the start and end of every run, once
         # they are connected (`connect`).
         self.baseline = SupplementalData(baseline=[])
-        self.RE.preprocessors.append(self.baseline)
+        self._preprocessors: list[Callable] = [self.baseline]
         self.connection_failures: dict[str, list[str]] = {}
         self.suspenders = []
         if connect:
@@ -216,7 +216,8 @@ class Session:
             self.recorder.wait_ready()
             self._tokens.append(self.RE.subscribe(self.recorder))  # last: it may raise
             # A writer's failure (a full disk) then fails its run instead of following it.
-            self.RE.preprocessors.append(self.recorder.check_before_close)
+            self._preprocessors.append(self.recorder.check_before_close)
+        self.RE.preprocessors.extend(self._preprocessors)
 
     def connect(self, timeout: float = 10.0, *, raise_on_failure: bool = True) -> None:
         """Connect all devices concurrently; raise listing every missing PV (or keep them)."""
@@ -237,11 +238,11 @@ class Session:
             self.RE.unsubscribe(token)
         self._tokens.clear()
         self._md_validator.uninstall(self.RE)
-        if self.baseline in self.RE.preprocessors:
-            self.RE.preprocessors.remove(self.baseline)
+        for preprocessor in self._preprocessors:
+            if preprocessor in self.RE.preprocessors:
+                self.RE.preprocessors.remove(preprocessor)
+        self._preprocessors.clear()
         if self.recorder:
-            if self.recorder.check_before_close in self.RE.preprocessors:
-                self.RE.preprocessors.remove(self.recorder.check_before_close)
             self.recorder.close()
 
     def __enter__(self) -> Session:

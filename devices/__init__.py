@@ -5,17 +5,21 @@ beamline prefers them (``ophyd.EpicsMotor``); this package adds the ones the fie
 provide, and ``Motor``: ophyd-async's motor, moving in one round trip while staged.
 """
 
+from .areadetector import AreaDetector
 from .beam import BeamCurrent
 from .beamline import DeviceConnectionError, connect_devices, devices_metadata, make_devices
 from .motor import Motor
 from .nexus import nexus_class
+from .panda import PandA
 from .scaler import CountMode, Scaler
 
 __all__ = [
+    "AreaDetector",
     "BeamCurrent",
     "CountMode",
     "DeviceConnectionError",
     "Motor",
+    "PandA",
     "Scaler",
     "connect_devices",
     "devices_metadata",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import ophyd
 from ophyd_async.core import Device as AsyncDevice
+from ophyd_async.core import PathProvider
 
 from hutch.profile import Profile, ProfileError
 
@@ -32,16 +34,26 @@ class DeviceConnectionError(ConnectionError):
         )
 
 
-def make_devices(profile: Profile) -> dict[str, Any]:
+def make_devices(profile: Profile, path_provider: PathProvider | None = None) -> dict[str, Any]:
     """Instantiate every device of the profile (not yet connected), keyed by name.
 
     ophyd-async devices and classic ophyd (v1) devices are both built as
-    ``cls(prefix, name=name, **options)``.
+    ``cls(prefix, name=name, **options)``; devices that write their own files (a
+    ``path_provider`` parameter, as ophyd-async's detectors have) also get ``path_provider``.
     """
     devices = {}
     for spec in profile.devices:
+        cls = spec.device_class
+        kwargs = dict(spec.options)
+        if "path_provider" in inspect.signature(cls).parameters:
+            if path_provider is None:
+                raise ProfileError(
+                    f"{profile.path}: device {spec.name!r} ({spec.cls}) writes files: "
+                    "make_devices needs a path_provider"
+                )
+            kwargs["path_provider"] = path_provider
         try:
-            devices[spec.name] = spec.device_class(spec.prefix, name=spec.name, **spec.options)
+            devices[spec.name] = cls(spec.prefix, name=spec.name, **kwargs)
         except Exception as exc:
             raise ProfileError(
                 f"{profile.path}: device {spec.name!r} ({spec.cls}, prefix {spec.prefix!r}) "

@@ -17,10 +17,12 @@ from bluesky.plans import (
 )
 
 from .align import AlignmentError, AlignResult, align  # noqa: F401  (results of align)
+from .fly import ScanArgumentError, fly_scan, snake_fly_scan, step_scan  # noqa: F401
 
 __all__ = [
     "align",
     "count",
+    "fly_scan",
     "grid_scan",
     "list_scan",
     "log_scan",
@@ -29,4 +31,6 @@ __all__ = [
     "rel_scan",
     "scan",
     "scan_nd",
+    "snake_fly_scan",
+    "step_scan",
 ]

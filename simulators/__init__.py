@@ -11,6 +11,7 @@ from .control import beam_dump, beam_restore, ca_read, ca_write
 from .ioc import (
     SimulatorError,
     build_groups,
+    build_ioc,
     make_pvdb,
     physics_for,
     register_simulator,
@@ -19,7 +20,7 @@ from .ioc import (
 )
 from .motor import MotorRecord
 from .physics import BeamlinePhysics, expected_counts, flux_factor, gaussian
-from .process import SimState, SimulatorStartError, start, status, stop
+from .process import SimState, SimulatorStartError, describe, start, status, stop
 from .scaler import ScalerRecord
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "beam_dump",
     "beam_restore",
     "build_groups",
+    "build_ioc",
+    "describe",
     "ca_read",
     "ca_write",
     "expected_counts",

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="demo", help="profile name or path")
     parser.add_argument("--port", type=int, default=None, help="CA server port (profile's)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--ioc", default=None, help="IOC of the profile to serve (its first)")
+    parser.add_argument(
+        "--peers", default="", help="comma-separated ports of the profile's other IOCs"
+    )
     parser.add_argument("--exit-with", type=int, metavar="PID", help="exit when PID exits")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.exit_with:
         threading.Thread(target=_exit_with, args=(args.exit_with,), daemon=True).start()
-    serve(profile, args.port or profile.simulation.port, args.host)
+    peers = [int(port) for port in args.peers.split(",") if port]
+    serve(profile, args.port or profile.simulation.port, args.host, args.ioc, peers)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""One caproto server (one process, one port) serving every device of a beamline profile."""
+"""The simulated IOCs of a beamline profile: one caproto server (one process, one port) per
+IOC, serving every device the profile puts in it (``ioc``; by default the main IOC)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,29 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from caproto.server import PVGroup
 
-from hutch.ca import LOOPBACK, ca_server_env
+from hutch.ca import LOOPBACK, ca_client_env, ca_server_env
 from hutch.errors import HutchError
 from hutch.profile import DeviceSpec, Profile
 
+from .areadetector import AreaDetectorSim
 from .beam import BeamCurrentSource
+from .links import PulseLink, RemotePosition
 from .motor import MotorRecord
+from .panda import PULSE_PV, PandASim
 from .physics import BeamlinePhysics
 from .scaler import ScalerRecord
 
 __all__ = [
     "SimulatorError",
+    "Wiring",
     "build_groups",
+    "build_ioc",
     "make_pvdb",
     "physics_for",
     "register_simulator",
@@ -33,10 +40,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SimulatorFactory = Callable[[DeviceSpec], PVGroup]
-"""Builds the simulated hardware of one device from its profile entry."""
+SimulatorFactory = Callable[[DeviceSpec, "Wiring"], PVGroup]
+"""Builds the simulated hardware of one device from its profile entry and its cabling."""
 
 _REGISTRY: dict[type, SimulatorFactory] = {}
+
+#: Keys of a device's ``sim`` table that cable it to other devices (``Wiring``), rather than
+#: set its own simulated hardware.
+_CABLES = ("trigger", "spot")
 
 
 class SimulatorError(HutchError, RuntimeError):
@@ -44,20 +55,121 @@ class SimulatorError(HutchError, RuntimeError):
 
 
 def register_simulator(device_class: type, factory: SimulatorFactory) -> None:
-    """Serve devices of ``device_class`` (and its subclasses) with ``factory(spec)``."""
+    """Serve devices of ``device_class`` (and its subclasses) with ``factory(spec, wiring)``."""
     _REGISTRY[device_class] = factory
 
 
-def _motor(spec: DeviceSpec) -> PVGroup:
+class _Local:
+    """A device of the same IOC, looked up when used (it may be built after its user)."""
+
+    def __init__(self, groups: dict[str, PVGroup], name: str) -> None:
+        self._groups, self._name = groups, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._groups[self._name], attr)
+
+
+@dataclass
+class Wiring:
+    """The cables of one simulated IOC's devices to the other devices of the beamline.
+
+    A device of the same IOC is used directly; one of another IOC (another process) through a
+    Channel Access link (``simulators.links``) that runs with the server.
+    """
+
+    profile: Profile
+    ioc: str
+    groups: dict[str, PVGroup] = field(default_factory=dict)
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def _spec(self, user: DeviceSpec, key: str, name: str) -> DeviceSpec:
+        try:
+            return self.profile.device(name)
+        except KeyError:
+            raise SimulatorError(
+                f"device {user.name!r} of profile {self.profile.name!r}: {key} names device "
+                f"{name!r}, which is not in [[devices]]"
+            ) from None
+
+    def position(self, user: DeviceSpec, key: str, name: str) -> Any:
+        """Motor ``name`` as a position source (``position``, ``position_at(t)``)."""
+        spec = self._spec(user, key, name)
+        if spec.ioc == self.ioc:
+            return _Local(self.groups, name)
+        link = RemotePosition(spec.prefix)
+        self.tasks.append(link.run)
+        return link
+
+    def encoder(self, user: DeviceSpec, key: str, name: str) -> Any:
+        """Motor ``name`` read by an encoder cable: it must be served by the same IOC."""
+        spec = self._spec(user, key, name)
+        if spec.ioc != self.ioc:
+            raise SimulatorError(
+                f"device {user.name!r} of profile {self.profile.name!r}: {key} reads motor "
+                f"{name!r} of IOC {spec.ioc!r}; an encoder must be served by the same IOC "
+                f"({user.ioc!r})"
+            )
+        return _Local(self.groups, name)
+
+    def pulses(
+        self, user: DeviceSpec, key: str, name: str, on_pulse: Callable[[float], Awaitable[Any]]
+    ) -> None:
+        """Call ``on_pulse(timestamp)`` for every pulse of PandA ``name``'s TTL output."""
+        spec = self._spec(user, key, name)
+        if spec.ioc != self.ioc:
+            link = PulseLink(f"{spec.prefix}:{PULSE_PV}", on_pulse)
+            self.tasks.append(link.run)
+            return
+
+        async def batch(first_index: int, times: Any) -> None:
+            for timestamp in times:
+                await on_pulse(float(timestamp))
+
+        self._deferred.append(lambda: self.groups[name].add_pulse_listener(batch))
+
+    def connect(self) -> None:
+        """Plug in the cables between devices of this IOC (once all are built)."""
+        for plug in self._deferred:
+            plug()
+        self._deferred.clear()
+
+
+def _motor(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     return MotorRecord(spec.prefix, sim=spec.sim)
 
 
-def _scaler(spec: DeviceSpec) -> PVGroup:
+def _scaler(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     return ScalerRecord(spec.prefix, channels=spec.options.get("channels"), sim=spec.sim)
 
 
-def _beam(spec: DeviceSpec) -> PVGroup:
+def _beam(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     return BeamCurrentSource(spec.prefix, sim=spec.sim)
+
+
+def _area_detector(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
+    own = {key: value for key, value in spec.sim.items() if key not in _CABLES}
+    spot = None
+    if "spot" in spec.sim:
+        x_name, y_name = spec.sim["spot"]
+        x = wiring.position(spec, "sim.spot", x_name)
+        y = wiring.position(spec, "sim.spot", y_name)
+
+        def spot(t: float) -> tuple[float, float]:
+            return x.position_at(t), y.position_at(t)
+
+    detector = AreaDetectorSim(spec.prefix, sim=own, spot=spot)
+    if "trigger" in spec.sim:
+        wiring.pulses(spec, "sim.trigger", spec.sim["trigger"], detector.external_trigger)
+    return detector
+
+
+def _panda(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
+    encoders = {
+        int(number): wiring.encoder(spec, f"options.encoders.{number}", motor)
+        for number, motor in spec.options.get("encoders", {}).items()
+    }
+    return PandASim(spec.prefix, sim=spec.sim, encoders=encoders)
 
 
 def _register_defaults() -> None:
@@ -65,7 +177,9 @@ def _register_defaults() -> None:
     import ophyd
     from ophyd_async.epics.motor import Motor
 
+    from hutch.devices.areadetector import AreaDetector
     from hutch.devices.beam import BeamCurrent
+    from hutch.devices.panda import PandA
     from hutch.devices.scaler import Scaler
 
     for cls, factory in (
@@ -73,6 +187,8 @@ def _register_defaults() -> None:
         (ophyd.EpicsMotor, _motor),
         (Scaler, _scaler),
         (BeamCurrent, _beam),
+        (AreaDetector, _area_detector),
+        (PandA, _panda),
     ):
         _REGISTRY.setdefault(cls, factory)
 
@@ -96,10 +212,18 @@ def physics_for(profile: Profile, groups: dict[str, PVGroup]) -> BeamlinePhysics
     return BeamlinePhysics(peak, sources)
 
 
-def build_groups(profile: Profile) -> dict[str, PVGroup]:
-    """The simulator PVGroup of every device of ``profile``, by device name, wired up."""
-    groups: dict[str, PVGroup] = {}
+def build_ioc(profile: Profile, ioc: str | None = None) -> Wiring:
+    """The simulated hardware of IOC ``ioc`` (default: the first), built and cabled: its
+    ``groups`` by device name, and the ``tasks`` of its links to other IOCs."""
+    ioc = ioc or profile.iocs[0]
+    if ioc not in profile.iocs:
+        raise SimulatorError(
+            f"profile {profile.name!r} has no IOC {ioc!r}; its IOCs: {', '.join(profile.iocs)}"
+        )
+    wiring = Wiring(profile, ioc)
     for spec in profile.devices:
+        if spec.ioc != ioc:
+            continue
         cls = spec.device_class
         factory = simulator_for(cls)
         if factory is None:
@@ -108,14 +232,20 @@ def build_groups(profile: Profile) -> dict[str, PVGroup]:
                 f"{cls.__module__}.{cls.__qualname__} has no simulator "
                 "(hutch.simulators.register_simulator adds one)"
             )
-        groups[spec.name] = factory(spec)
+        wiring.groups[spec.name] = factory(spec, wiring)
+    wiring.connect()
 
-    physics = physics_for(profile, groups)
+    physics = physics_for(profile, wiring.groups)
     if physics is not None:
-        for group in groups.values():
+        for group in wiring.groups.values():
             if isinstance(group, ScalerRecord):
                 group.count_source = _scaler_counts(physics, group)
-    return groups
+    return wiring
+
+
+def build_groups(profile: Profile, ioc: str | None = None) -> dict[str, PVGroup]:
+    """The simulator PVGroup of every device of IOC ``ioc`` (default: the first), by name."""
+    return build_ioc(profile, ioc).groups
 
 
 def _scaler_counts(physics: BeamlinePhysics, scaler: ScalerRecord) -> Any:
@@ -131,10 +261,11 @@ def _scaler_counts(physics: BeamlinePhysics, scaler: ScalerRecord) -> Any:
     return counts
 
 
-def make_pvdb(profile: Profile) -> dict[str, Any]:
-    """The caproto PV database serving exactly the PVs of ``profile``'s devices."""
+def make_pvdb(profile: Profile, groups: dict[str, PVGroup] | None = None) -> dict[str, Any]:
+    """The caproto PV database serving exactly the PVs of ``groups`` (default: the first IOC's
+    devices of ``profile``); a PV served twice is an error naming the device."""
     pvdb: dict[str, Any] = {}
-    for name, group in build_groups(profile).items():
+    for name, group in (build_groups(profile) if groups is None else groups).items():
         clash = pvdb.keys() & group.pvdb.keys()
         if clash:
             raise SimulatorError(
@@ -167,12 +298,30 @@ def ensure_repeater() -> None:
     )
 
 
-def serve(profile: Profile, port: int, host: str = LOOPBACK) -> None:
-    """Serve ``profile``'s simulated beamline over Channel Access on ``host:port`` (blocks)."""
+def serve(
+    profile: Profile,
+    port: int,
+    host: str = LOOPBACK,
+    ioc: str | None = None,
+    peers: Sequence[int] = (),
+) -> None:
+    """Serve IOC ``ioc`` (default: the first) of ``profile``'s simulated beamline over Channel
+    Access on ``host:port`` (blocks); its links reach the other IOCs on ``peers`` ports."""
     os.environ.update(ca_server_env(port, host))
+    if peers:
+        # The links' CA client (libca, read once per process) searches the other IOCs only.
+        os.environ.update(ca_client_env(*peers, host=host))
     from .server import run  # after the environment is set: caproto reads it on import
 
-    pvdb = make_pvdb(profile)
+    wiring = build_ioc(profile, ioc)
+    pvdb = make_pvdb(profile, wiring.groups)
     ensure_repeater()
-    log.info("serving %d PVs of profile %r on %s:%d", len(pvdb), profile.name, host, port)
-    run(pvdb, interfaces=[host])
+    log.info(
+        "serving %d PVs of IOC %r of profile %r on %s:%d",
+        len(pvdb),
+        wiring.ioc,
+        profile.name,
+        host,
+        port,
+    )
+    run(pvdb, interfaces=[host], tasks=wiring.tasks)

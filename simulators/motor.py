@@ -64,6 +64,15 @@ class _MotorValue(PvpropertyDouble):
         return await self.putter(self, value)
 
 
+def _travel(velocity: float, accel: float, cruise: float, dt: float) -> float:
+    """Signed distance covered in ``dt`` from ``velocity`` under ``accel`` (same sign, or 0)
+    until the speed reaches ``cruise``, then at ``cruise``."""
+    if accel == 0 or abs(velocity) >= cruise:
+        return velocity * dt
+    ramp = min(dt, (cruise - abs(velocity)) / abs(accel))
+    return velocity * ramp + 0.5 * accel * ramp**2 + math.copysign(cruise, accel) * (dt - ramp)
+
+
 def _raw(value: float, resolution: float) -> int:
     steps = round(value / resolution) if resolution else 0
     return max(-_INT32, min(_INT32, steps))
@@ -91,6 +100,13 @@ class MotorRecord(PVGroup):
         self._pause_after_move = False
         self._homed = False
         self._last_positive = True
+        # The motion since the last _dial update, for position_at between the 20 Hz readback
+        # ticks: its wall-clock time (time.time()), signed dial velocity and acceleration
+        # (0 at cruise), and the cruise speed the acceleration stops at.
+        self._dial_time = time.time()
+        self._dial_velocity = 0.0
+        self._dial_accel = 0.0
+        self._cruise = 0.0
 
     # -- conversions ----------------------------------------------------------------------
 
@@ -117,6 +133,29 @@ class MotorRecord(PVGroup):
     def moving(self) -> bool:
         """True while the motor is in motion."""
         return self._motion is not None and not self._motion.done()
+
+    @property
+    def resolution(self) -> float:
+        """The motor resolution (``.MRES``, EGU per step): one encoder count of the motor."""
+        # Before the record's startup MRES is still caproto's default (0): use the option.
+        return self.fields.motor_step_size.value or float(self.options["resolution"])
+
+    def position_at(self, t: float) -> float:
+        """The user position at wall-clock time ``t`` (``time.time()`` base).
+
+        Extrapolated from the last readback update with the current velocity: exact while the
+        motor moves at constant velocity, never past the target of the move, and the standing
+        position when the motor is not moving. Lets an encoder (the PandA simulator) see the
+        motor between the 20 Hz readback ticks.
+        """
+        if not self.moving:
+            return self._user(self._dial)
+        dial = self._dial + _travel(
+            self._dial_velocity, self._dial_accel, self._cruise, max(t - self._dial_time, 0.0)
+        )
+        if (self._target - self._dial) * (self._target - dial) < 0:  # would pass the target
+            dial = self._target
+        return self._user(dial)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -222,35 +261,58 @@ class MotorRecord(PVGroup):
         return await self.move_dial(self._dial_of(user))
 
     async def _run_motion(self) -> None:
-        """Trapezoidal motion at the record's speed with ACCL ramps, in real time."""
-        velocity = 0.0
+        """Trapezoidal motion at the record's speed with ACCL ramps, in real time.
+
+        The readback moves in 20 Hz ticks, by the exact distance of a constant acceleration
+        up to the speed (so position_at is exact through the run-up of a fly scan); the
+        deceleration at the end is approximated tick by tick.
+        """
+        velocity = 0.0  # speed, unsigned
         last = time.monotonic()
+        self._set_motion(time.time(), 0.0, 0.0)
         while (remaining := self._target - self._dial) != 0:
             speed = self._speed()
             if math.isinf(speed):  # no velocity configured at all: arrive at once
                 self._dial = self._target
+                self._set_motion(time.time(), 0.0, 0.0)
                 break
             accl = self.fields.seconds_to_velocity.value
             accel = speed / accl if accl > 0 and math.isfinite(speed) else math.inf
+            sign = math.copysign(1.0, remaining)
+            if velocity < speed and math.isfinite(accel):  # accelerating from here
+                self._set_motion(self._dial_time, sign * velocity, sign * accel, speed)
             # Update the readback every TICK, but never sleep past the arrival: a short move
             # at high speed completes in its own time, not a whole tick.
             arrival = abs(remaining) / speed + (accl if math.isfinite(accel) else 0.0)
             await asyncio.sleep(min(TICK, arrival))
             now = time.monotonic()
+            wall = time.time()  # the wall-clock time of this update, for position_at
             dt, last = now - last, now
             remaining = self._target - self._dial  # a retarget may have come in meanwhile
             if remaining == 0:
                 break
             wanted = min(speed, math.sqrt(2 * accel * abs(remaining)))
-            velocity = min(wanted, velocity + accel * dt)
-            step = velocity * dt
+            if velocity < wanted and math.isfinite(accel):
+                step = abs(_travel(velocity, accel, wanted, dt))
+                velocity = min(wanted, velocity + accel * dt)
+            else:
+                velocity = wanted
+                step = velocity * dt
             if step >= abs(remaining):
                 self._dial = self._target
+                self._set_motion(wall, 0.0, 0.0)
                 break
             self._dial += math.copysign(step, remaining)
+            self._set_motion(wall, math.copysign(velocity, remaining), 0.0)
             self._last_positive = remaining > 0
             await self._publish_readback()
         await self._finish_motion()
+
+    def _set_motion(
+        self, wall: float, velocity: float, accel: float, cruise: float | None = None
+    ) -> None:
+        self._dial_time, self._dial_velocity, self._dial_accel = wall, velocity, accel
+        self._cruise = abs(velocity) if cruise is None else cruise
 
     async def _finish_motion(self) -> None:
         f = self.fields

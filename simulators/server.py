@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvloop
@@ -56,12 +57,20 @@ class NoDelayContext(Context):
         await super().server_accept_loop(sock)
 
 
-def run(pvdb: dict[str, Any], interfaces: list[str]) -> None:
-    """Serve ``pvdb`` on ``interfaces`` until interrupted (as ``caproto.asyncio.server.run``)."""
+def run(
+    pvdb: dict[str, Any],
+    interfaces: list[str],
+    tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Serve ``pvdb`` on ``interfaces`` until interrupted (as ``caproto.asyncio.server.run``),
+    running ``tasks`` (e.g. CA links to other IOCs) on the same event loop."""
 
     async def serve() -> None:
         # The context must be created inside the running loop (caproto's queues bind to it).
-        await NoDelayContext(pvdb, interfaces).run()
+        context = NoDelayContext(pvdb, interfaces)
+        for task in tasks:
+            await task()
+        await context.run()
 
     # Ctrl-C or SIGTERM: a normal shutdown
     with (

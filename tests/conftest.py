@@ -73,14 +73,15 @@ def demo_profile() -> Profile:
 def sim(tmp_path_factory, demo_profile):
     """The demo beamline simulated on a port of its own (one per xdist worker).
 
-    Points this process's CA clients at it before any CA client exists; yields the SimState.
+    Points this process's CA clients at its IOCs before any CA client exists (starting it
+    uses caproto's client, not libca); yields the SimState.
     """
     from hutch import simulators
 
     port = _free_port()
-    configure_ca_client(port)
     settings = Settings(data_dir=tmp_path_factory.mktemp("hutch-data"))
     state = simulators.start(demo_profile, port, settings, timeout=60)
+    configure_ca_client(*state.ports)
     try:
         yield state
     finally:

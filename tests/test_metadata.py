@@ -152,7 +152,7 @@ def test_hutch_run_takes_metadata_on_the_command_line(session, sim, tmp_path):
     profile = _no_default_sample(tmp_path, "metadata-cli")
     env = {
         **os.environ,
-        **ca_client_env(sim.port),
+        **ca_client_env(*sim.ports),
         "HUTCH_DATA_DIR": str(session.settings.data_dir),
         "HUTCH_CATALOG_PORT": str(session.settings.catalog_port),
         "HUTCH_CA_PORT": str(sim.port),

@@ -132,7 +132,7 @@ from hutch.profile import load_profile
 from hutch.session import Session
 
 data_dir, ca_port, OUT = sys.argv[1:]
-configure_ca_client(int(ca_port))
+configure_ca_client(*map(int, ca_port.split(",")))
 session = Session(
     load_profile("demo"), Settings(data_dir=Path(data_dir)), live_table=False, plots=False
 )
@@ -167,8 +167,9 @@ session.RE(bp.count([det1], num=1_000_000, delay=0.01))
 def _session_process(script: str, session, sim, data_dir, out) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(HUTCH_CATALOG_URI=session.catalog.uri, HUTCH_CATALOG_API_KEY=session.catalog.api_key)
+    ports = ",".join(map(str, sim.ports))
     return subprocess.Popen(
-        [sys.executable, "-c", _SESSION + script, str(data_dir), str(sim.port), str(out)], env=env
+        [sys.executable, "-c", _SESSION + script, str(data_dir), ports, str(out)], env=env
     )
 
 

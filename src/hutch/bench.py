@@ -351,14 +351,16 @@ def _ca_tables(
     scaler = next(d for d in profile.devices if issubclass(d.device_class, Scaler))
     motor = profile.device(peak.axis if peak else profile.devices[0].name)
     sim_port, ioc_port = free_port(), free_port()
-    configure_ca_client(sim_port, ioc_port)  # libca reads this once: search both servers
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="hutch-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), catalog_port=free_port())
         try:
             with stopwatch(seconds, "CA set-up"):
                 # Both servers end with this process, after its CA clients.
-                simulators.start(profile, sim_port, settings, exit_with=os.getpid())
+                sim = simulators.start(profile, sim_port, settings, exit_with=os.getpid())
+                # libca reads this once, at its first use (after starting the simulator, which
+                # probes it with caproto's client): search every simulated IOC and the softIoc.
+                configure_ca_client(*sim.ports, ioc_port)
                 softioc = _start_softioc(Path(tmp), ioc_port)  # noqa: F841  (lives until we exit)
                 # One RunEngine for every row: ophyd-async's CA signals live in its loop.
                 bare = Session(

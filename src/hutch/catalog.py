@@ -192,6 +192,8 @@ def _server_config(settings: Settings) -> str:
                 "args": {
                     "uri": catalog_uri,
                     "writable_storage": [str(root / "data"), table_storage],
+                    # Detectors' own files, which runs reference (StreamResource).
+                    "readable_storage": [str(settings.detector_dir)],
                     "init_if_not_exists": init,
                 },
             }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -58,11 +61,19 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     profile, settings, port = _context(args)
     if args.action == "up":
-        if not args.detach:
+        if not args.detach and len(profile.iocs) == 1:
             simulators.serve(profile, port)
             return 0
-        state = simulators.start(profile, port, settings)
-        print(f"simulator for {profile.name!r} up on 127.0.0.1:{state.port} (pid {state.pid})")
+        # Several IOCs: each is a process of its own; in the foreground they end with this one.
+        state = simulators.start(
+            profile, port, settings, exit_with=None if args.detach else os.getpid()
+        )
+        print(f"simulator for {profile.name!r} up: {simulators.describe(state)}")
+        if not args.detach:
+            with contextlib.suppress(KeyboardInterrupt):
+                while simulators.status(profile.name, settings) is not None:
+                    time.sleep(1.0)
+            simulators.stop(profile.name, settings)
     elif args.action == "down":
         stopped = simulators.stop(profile.name, settings)
         print(f"simulator for {profile.name!r} {'stopped' if stopped else 'was not running'}")
@@ -71,7 +82,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         if state is None:
             print(f"simulator for {profile.name!r} is not running")
             return 1
-        print(f"simulator for {profile.name!r} up on 127.0.0.1:{state.port} (pid {state.pid})")
+        print(f"simulator for {profile.name!r} up: {simulators.describe(state)}")
     return 0
 
 
@@ -112,12 +123,18 @@ def _md_item(text: str) -> tuple[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from hutch import simulators
     from hutch.ca import configure_ca_client
     from hutch.runplan import build_plan
     from hutch.session import MissingMetadataError, Session
 
     profile, settings, port = _context(args)
-    configure_ca_client(port)
+    # The running simulator's IOCs; else the caller's own CA environment, else the port.
+    state = simulators.status(profile.name, settings)
+    if state is not None:
+        configure_ca_client(*state.ports)
+    elif "EPICS_CA_ADDR_LIST" not in os.environ:
+        configure_ca_client(port)
     md = dict(args.md or ())
     with Session(profile, settings, live_table=not args.quiet, md=md) as session:
         plan = build_plan(profile, session.devices, args.plan, args.params)

@@ -90,6 +90,12 @@ class Settings:
         return self.data_dir / "nexus"
 
     @property
+    def detector_dir(self) -> Path:
+        """Where detectors write their own files (area detector frames, PandA captures); NeXus
+        files link to them, and the catalogue serves them from here."""
+        return self.data_dir / "detectors"
+
+    @property
     def plot_dir(self) -> Path:
         return self.data_dir / "plots"
 

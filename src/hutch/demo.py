@@ -8,19 +8,22 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import h5py
+import numpy as np
 from bluesky.callbacks.fitting import PeakStats
 
 from hutch import plans, simulators
 from hutch.ca import configure_ca_client
+from hutch.callbacks.nexus import nx_name
 from hutch.catalog import search_runs, stop_catalog
 from hutch.config import Settings
-from hutch.devices import Scaler
+from hutch.devices import AreaDetector, PandA, Scaler
 from hutch.export import export_nexus, nexus_differences
 from hutch.profile import Profile, ProfileError
 from hutch.session import MissingMetadataError, RunRecord, Session
@@ -110,8 +113,12 @@ def _roles(profile: Profile, devices: dict[str, Any]) -> tuple[Any, Any, Any, st
 
 
 def _check_outputs(summary: DemoSummary, session: Session, run: DemoRun) -> None:
+    """The run succeeded and its NeXus file, plot and catalogue entry hold every point: the
+    events of a step scan, the frames a fly scan's detectors wrote (``run.extra["frames"]``)."""
     r = run.record
     tag = f"run {r.scan_id} ({run.title})"
+    frames = run.extra.get("frames")
+    points = frames["points"] if frames else r.events.get("primary")
     summary.check(f"{tag}: exit_status success", r.exit_status == "success", r.reason)
     if r.nexus is not None:
         try:
@@ -119,8 +126,8 @@ def _check_outputs(summary: DemoSummary, session: Session, run: DemoRun) -> None
                 signal = f["entry/data"].attrs["signal"]
                 n = f["entry/data"][signal].shape[0]
             summary.check(
-                f"{tag}: NeXus file holds every event",
-                n == r.events.get("primary"),
+                f"{tag}: NeXus file holds every {'frame' if frames else 'event'}",
+                n == points,
                 f"{n} in {r.nexus}",
             )
         except (OSError, KeyError) as exc:
@@ -129,12 +136,15 @@ def _check_outputs(summary: DemoSummary, session: Session, run: DemoRun) -> None
         summary.check(f"{tag}: plot written", r.png.exists(), str(r.png))
     if session.catalog is not None:
         try:
-            stored = session.runs_container[r.uid]["primary"]["seq_num"].read()
-            n = len(set(stored.tolist()))  # a point taken again is stored twice, same seq_num
+            primary = session.runs_container[r.uid]["primary"]
+            if frames:  # served by the catalogue from the detector's own file
+                n = primary[frames["data_key"]].shape[0]
+            else:  # a point taken again is stored twice, with the same seq_num
+                n = len(set(primary["seq_num"].read().tolist()))
             summary.check(
-                f"{tag}: catalogued with every event",
-                n == r.events.get("primary"),
-                f"{n} events at {r.catalog_uri}",
+                f"{tag}: catalogued with every {'frame' if frames else 'event'}",
+                n == points,
+                f"{n} at {r.catalog_uri}",
             )
         except KeyError:
             summary.check(f"{tag}: catalogued", False, f"{r.uid} not in the catalogue")
@@ -207,11 +217,11 @@ def run_demo(
             profile, port, settings, exit_with=None if keep_running else os.getpid()
         )
         summary.simulator_started = True
-        print(f"  simulator started on 127.0.0.1:{state.port} (pid {state.pid})", file=out)
+        print(f"  simulator started: {simulators.describe(state)}", file=out)
     else:
-        print(f"  simulator already up on 127.0.0.1:{state.port} (pid {state.pid})", file=out)
+        print(f"  simulator already up: {simulators.describe(state)}", file=out)
     summary.ca_port = state.port
-    configure_ca_client(state.port)
+    configure_ca_client(*state.ports)
     try:
         # bluesky prints some news (a suspension, say) on stdout; keep stdout for the summary.
         with (
@@ -295,7 +305,91 @@ def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None
 
     if session.suspenders:
         _beam_dump_run(profile, session, summary, record, det)
+    _fly_runs(session, summary, record)
     _data_management(session, summary, det)
+
+
+def _fly_runs(session: Session, summary: DemoSummary, record: Callable[..., DemoRun]) -> None:
+    """Hardware-triggered acquisition: a step scan with the area detector, a 1-D and a 2-D
+    snake fly scan triggered by the PandA, and a fly scan refused before anything moves."""
+    devices = session.devices
+    detectors = [d for d in devices.values() if isinstance(d, AreaDetector)]
+    pandas = [d for d in devices.values() if isinstance(d, PandA)]
+    if not detectors or not pandas:
+        return
+    det, panda = detectors[0], pandas[0]
+    x_name, y_name = list(panda.encoders.values())[:2]
+    x, y = devices[x_name], devices[y_name]
+    RE = session.RE
+    RE(bps.mv(x, 0.0, y, 0.0))
+
+    def frames(points: int) -> dict[str, Any]:
+        return {"frames": {"points": points, "data_key": det.name}}
+
+    record(
+        "step scan with the area detector",
+        RE(plans.step_scan([det], x, -2.0, 2.0, 9, exposure=0.01)),
+        **frames(9),
+    )
+    run = record(
+        "fly scan: PandA-triggered frames on the fly",
+        RE(plans.fly_scan([det], x, -3.0, 3.0, 61, panda=panda, velocity=3.0)),
+        **frames(61),
+    )
+    positions = _captured(run, f"{panda.name}-{x.name}")
+    summary.check(
+        f"fly scan: 61 frames, 61 captured positions, increasing from -3 to 3 {x.name}",
+        positions is not None
+        and len(positions) == 61
+        and bool((np.diff(positions) > 0).all())
+        and abs(positions[0] + 3.0) < 1e-3
+        and abs(positions[-1] - 3.0) < 1e-3,
+        ""
+        if positions is None
+        else f"{len(positions)} from {positions[0]:.4f} to {positions[-1]:.4f}",
+    )
+    run = record(
+        "snake fly scan: 5 rows of 21 frames",
+        RE(
+            plans.snake_fly_scan(
+                [det], y, -1.0, 1.0, 5, x, -2.0, 2.0, 21, panda=panda, velocity=4.0
+            )
+        ),
+        **frames(105),
+    )
+    grid = _captured(run, f"{panda.name}-{x.name}")
+    line = np.linspace(-2.0, 2.0, 21)
+    snake = np.array([line if i % 2 == 0 else line[::-1] for i in range(5)])
+    summary.check(
+        "snake fly scan: positions reshape to the 5 x 21 grid, every other row reversed",
+        grid is not None
+        and grid.size == 105
+        and np.allclose(grid.reshape(5, 21), snake, atol=1e-3),
+        "" if grid is None else f"{grid.size} positions",
+    )
+    before = RE(bps.rd(x.user_readback)).plan_result
+    try:
+        RE(plans.fly_scan([det], x, -3.0, 3.0, 61, panda=panda, velocity=1000.0))
+        refused = None
+    except plans.ScanArgumentError as exc:
+        refused = str(exc)
+    summary.extra["refused_fly_scan"] = refused
+    summary.check(
+        "a fly scan faster than the motor's VMAX is refused before anything moves",
+        refused is not None
+        and "VMAX" in refused
+        and RE(bps.rd(x.user_readback)).plan_result == before,
+        refused or "not refused",
+    )
+
+
+def _captured(run: DemoRun, name: str) -> np.ndarray | None:
+    """The PandA-captured positions of ``run`` (field ``name``), read through its NeXus file."""
+    try:
+        with h5py.File(run.record.nexus, "r") as f:
+            return f["entry/data"][nx_name(name)][()]
+    except (OSError, KeyError, TypeError):
+        return None
 
 
 def _data_management(session: Session, summary: DemoSummary, det: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "MAIN_IOC",
     "STANDARD_METADATA",
     "DeviceSpec",
     "MetadataDefaults",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The IOC of devices whose profile entry names none.
+MAIN_IOC = "main"
 
 
 class ProfileError(ValueError):
@@ -90,8 +93,11 @@ class DeviceSpec(_Strict):
     description: str = ""
     nexus: NexusSpec = NexusSpec()
     """NeXus class and field names; the class defaults to the device class's (``nexus_class``)."""
+    ioc: str = MAIN_IOC
+    """The simulated IOC (one server process, one port) serving the device, as at a beamline
+    where e.g. each area detector runs its own IOC: it can fail or restart on its own."""
 
-    @field_validator("name")
+    @field_validator("name", "ioc")
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not _IDENTIFIER.match(value):
@@ -270,6 +276,13 @@ class Profile(_Strict):
                         f"simulation.peak.{key} names device {ref!r}, which is not in [[devices]]"
                     )
         return self
+
+    @property
+    def iocs(self) -> list[str]:
+        """The simulated IOCs serving the beamline's devices: the main one (if it serves any)
+        first, the others in profile order. The first is served on the simulation port."""
+        names = list(dict.fromkeys(spec.ioc for spec in self.devices))
+        return sorted(names, key=lambda name: name != MAIN_IOC)
 
     def device(self, name: str) -> DeviceSpec:
         """The spec of the device called ``name``."""

@@ -15,6 +15,7 @@ from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.preprocessors import SupplementalData
 from bluesky.run_engine import RunEngineResult, call_in_bluesky_event_loop
 from event_model import DocumentRouter
+from ophyd_async.core import PathProvider, StaticPathProvider, UUIDFilenameProvider
 
 import hutch
 from hutch import patches
@@ -80,6 +81,13 @@ class _RunLog(DocumentRouter):
             record.reason = doc.get("reason", "")
             # The RunEngine's count: a point taken again after a suspension counts once.
             record.events.update(doc.get("num_events") or {})
+
+
+def detector_paths(settings: Settings) -> PathProvider:
+    """Where the session's detectors write their files: a new file per detector and
+    acquisition under ``settings.detector_dir``, which the catalogue serves."""
+    settings.detector_dir.mkdir(parents=True, exist_ok=True)
+    return StaticPathProvider(UUIDFilenameProvider(), settings.detector_dir)
 
 
 class MissingMetadataError(HutchError, ValueError):
@@ -199,7 +207,7 @@ class Session:
             log = self.settings.run_dir / f"recorder-{os.getpid()}.log"
             self.recorder = Recorder(config, log)
 
-        self.devices = make_devices(profile)
+        self.devices = make_devices(profile, detector_paths(self.settings))
         # The profile's baseline devices are read at the start and end of every run, once
         # they are connected (`connect`).
         self.baseline = SupplementalData(baseline=[])

@@ -1,0 +1,449 @@
+"""Scans with hardware triggering: fly scans driven by a PandA, and step scans with detectors
+that write their own files.
+
+In a fly scan the motor moves at constant velocity through the scan range; the PandA's
+position compare (PCOMP) fires a trigger each time the motor's encoder crosses the next of
+``num`` equally spaced positions, every detector takes one frame per trigger and writes it to
+its own HDF5 file, and the PandA captures the encoder position of each trigger. The run's
+documents only reference those files (StreamResource / StreamDatum).
+
+Every plan checks its arguments against the hardware before anything moves: the velocity
+against the motor's maximum (VMAX), the range with its run-up and run-down against the soft
+limits, and the trigger rate against each detector's exposure and dead time. A bad argument
+raises `ScanArgumentError` naming it, and no run is opened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+from ophyd_async.core import DetectorTrigger, FlyMotorInfo, StandardDetector, TriggerInfo
+
+from hutch.devices.panda import PandA, PcompInfo
+
+__all__ = ["ScanArgumentError", "fly_scan", "snake_fly_scan", "step_scan"]
+
+#: Seconds between two collections of a fly scan's frames while it runs.
+FLUSH_PERIOD = 0.5
+#: Fraction of the trigger period left unexposed beyond the detectors' dead time, when the
+#: exposure follows from the velocity.
+TRIGGER_MARGIN = 0.02
+
+
+class ScanArgumentError(ValueError):
+    """A scan argument the hardware cannot do; the message names the argument and the limit.
+
+    Raised before the run opens and before anything moves.
+    """
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """What a motor allows, read from it before the scan."""
+
+    name: str
+    units: str
+    low: float
+    high: float
+    max_velocity: float
+    acceleration_time: float
+
+    def check(self, plan: str, parameter: str, position: float, what: str = "") -> None:
+        if self.low == self.high == 0:  # the motor record's "no soft limits"
+            return
+        if not self.low <= position <= self.high:
+            raise ScanArgumentError(
+                f"{plan}: {parameter} {what}{position:g} {self.units} is outside {self.name}'s "
+                f"soft limits [{self.low:g}, {self.high:g}] {self.units}"
+            )
+
+
+def _axis(motor: Any) -> MsgGenerator[_Axis]:
+    low = yield from bps.rd(motor.low_limit_travel)
+    high = yield from bps.rd(motor.high_limit_travel)
+    vmax = yield from bps.rd(motor.max_velocity)
+    accl = yield from bps.rd(motor.acceleration_time)
+    units = yield from bps.rd(motor.motor_egu)
+    return _Axis(motor.name, units, low, high, vmax, accl)
+
+
+def _deadtime(plan: str, detector: StandardDetector, trigger: DetectorTrigger) -> MsgGenerator:
+    (future,) = yield from bps.wait_for([detector.get_trigger_deadtime])
+    triggers, deadtime = future.result()
+    if trigger not in triggers:
+        supported = ", ".join(sorted(t.name for t in triggers))
+        raise ScanArgumentError(
+            f"{plan}: detectors: {detector.name} cannot be triggered {trigger.name} "
+            f"(it supports {supported})"
+        )
+    return deadtime or 0.0
+
+
+@dataclass(frozen=True)
+class _Timing:
+    period: float
+    """Seconds between triggers."""
+    exposure: float
+    speed: float
+    """Motor speed during the constant-velocity part, positive."""
+
+
+def _timing(
+    plan: str,
+    detectors: Sequence[StandardDetector],
+    axis: _Axis,
+    step: float,
+    velocity: float | None,
+    exposure: float | None,
+) -> MsgGenerator[_Timing]:
+    """Trigger period, exposure and speed from whichever of velocity and exposure is given,
+    checked against VMAX and every detector's dead time."""
+    if velocity is None and exposure is None:
+        raise ScanArgumentError(f"{plan}: give velocity or exposure (or both)")
+    if velocity is not None and not velocity > 0:
+        raise ScanArgumentError(f"{plan}: velocity must be positive, not {velocity:g}")
+    if exposure is not None and not exposure > 0:
+        raise ScanArgumentError(f"{plan}: exposure must be positive, not {exposure:g} s")
+    deadtimes = {}
+    for detector in detectors:
+        deadtimes[detector.name] = yield from _deadtime(
+            plan, detector, DetectorTrigger.EXTERNAL_EDGE
+        )
+    slowest = max(deadtimes, key=deadtimes.get, default=None)
+    deadtime = deadtimes.get(slowest, 0.0) if slowest else 0.0
+    if velocity is None:
+        period = exposure + deadtime
+        velocity = abs(step) / period
+    else:
+        period = abs(step) / velocity
+        if exposure is None:
+            # What the detectors allow, less a margin: trigger times jitter a little.
+            exposure = period * (1 - TRIGGER_MARGIN) - deadtime
+    if velocity > axis.max_velocity:
+        raise ScanArgumentError(
+            f"{plan}: velocity {velocity:g} {axis.units}/s exceeds {axis.name}'s maximum "
+            f"velocity (VMAX) {axis.max_velocity:g} {axis.units}/s"
+        )
+    if exposure <= 0 or period < exposure + deadtime:
+        raise ScanArgumentError(
+            f"{plan}: velocity {velocity:g} {axis.units}/s triggers every {period * 1e3:.4g} ms "
+            f"({1 / period:.4g} Hz), faster than {slowest} can take frames: exposure "
+            f"{max(exposure, 0) * 1e3:.4g} ms + dead time {deadtime * 1e3:.4g} ms "
+            f"(at most {1 / (max(exposure, 0) + deadtime):.4g} Hz)"
+        )
+    return _Timing(period=period, exposure=exposure, speed=velocity)
+
+
+@dataclass(frozen=True)
+class _Row:
+    start: float
+    stop: float
+
+    @property
+    def step_sign(self) -> float:
+        return 1.0 if self.stop >= self.start else -1.0
+
+
+def _fly_info(row: _Row, step: float, num: int, timing: _Timing) -> FlyMotorInfo:
+    # Half a step beyond each end: the motor is at constant velocity when it crosses the
+    # first and last trigger positions, and the PCOMP input starts on the pre-start side.
+    half = row.step_sign * abs(step) / 2
+    return FlyMotorInfo(
+        start_position=row.start - half,
+        end_position=row.stop + half,
+        time_for_move=num * timing.period,
+    )
+
+
+def _check_rows(
+    plan: str, axis: _Axis, rows: Sequence[_Row], step: float, num: int, timing: _Timing
+) -> None:
+    for row in rows:
+        info = _fly_info(row, step, num, timing)
+        axis.check(plan, "start", info.ramp_up_start_pos(axis.acceleration_time), "with run-up ")
+        axis.check(plan, "stop", info.ramp_down_end_pos(axis.acceleration_time), "with run-down ")
+
+
+def _encoder(plan: str, panda: PandA, motor: Any, step: float) -> MsgGenerator[int]:
+    """The PandA encoder reading ``motor``; ``step`` must be a whole number of its counts."""
+    number = next((n for n, name in panda.encoders.items() if name == motor.name), None)
+    if number is None:
+        raise ScanArgumentError(
+            f"{plan}: motor: {motor.name} has no encoder on {panda.name} (its encoders: "
+            f"{', '.join(f'{n}={m}' for n, m in panda.encoders.items()) or 'none'})"
+        )
+    scale = yield from bps.rd(panda.inenc[number].val_scale)
+    counts = abs(step / scale)
+    if not math.isclose(counts, round(counts), rel_tol=1e-6, abs_tol=1e-6):
+        raise ScanArgumentError(
+            f"{plan}: num: the step {abs(step):g} between trigger positions is not a whole "
+            f"number of {panda.name}'s encoder counts ({abs(scale):g} each); choose num so "
+            "that (stop - start) / (num - 1) is"
+        )
+    return number
+
+
+def _fly_rows(
+    detectors: Sequence[StandardDetector],
+    panda: PandA,
+    motor: Any,
+    encoder: int,
+    rows: Sequence[_Row],
+    num: int,
+    step: float,
+    timing: _Timing,
+    slow: Any = None,
+    slow_positions: Sequence[float] = (),
+) -> MsgGenerator[None]:
+    """Fly ``rows`` in one primary stream: detectors and PandA armed once for every trigger
+    of the scan, the motor and the position compare set up again for each row."""
+    total = num * len(rows)
+    yield from bps.prepare(
+        panda,
+        TriggerInfo(trigger=DetectorTrigger.EXTERNAL_LEVEL, number_of_events=total),
+        wait=True,
+    )
+    for detector in detectors:
+        yield from bps.prepare(
+            detector,
+            TriggerInfo(
+                trigger=DetectorTrigger.EXTERNAL_EDGE,
+                number_of_events=total,
+                livetime=timing.exposure,
+            ),
+            group="prepare",
+        )
+    yield from bps.wait(group="prepare")
+    collectors = [*detectors, panda]
+    yield from bps.declare_stream(*collectors, name="primary", collect=True)
+    for index, row in enumerate(rows):
+        if slow is not None:
+            yield from bps.mv(slow, slow_positions[index])
+        yield from bps.prepare(motor, _fly_info(row, step, num, timing), wait=True)
+        yield from bps.prepare(
+            panda.pcomp_flyer,
+            PcompInfo(encoder=encoder, start=row.start, step=row.step_sign * abs(step), pulses=num),
+            wait=True,
+        )
+        for collector in collectors:  # this row's share of the triggers the scan armed for
+            yield from bps.mv(collector.events_to_kickoff, num)
+        yield from bps.kickoff_all(*collectors, wait=True)
+        yield from bps.kickoff(panda.pcomp_flyer, wait=True)
+        yield from bps.kickoff(motor, wait=True)
+        yield from bps.collect_while_completing(
+            flyers=[motor, panda.pcomp_flyer, *collectors],
+            dets=collectors,
+            flush_period=FLUSH_PERIOD,
+            stream_name="primary",
+        )
+
+
+def _restoring_velocity(motor: Any, plan: MsgGenerator) -> MsgGenerator:
+    """Run ``plan`` and put the motor's velocity back afterwards (a fly scan changes it)."""
+    velocity = yield from bps.rd(motor.velocity)
+    return (yield from bpp.finalize_wrapper(plan, bps.mv(motor.velocity, velocity)))
+
+
+def fly_scan(
+    detectors: Sequence[StandardDetector],
+    motor: Any,
+    start: float,
+    stop: float,
+    num: int,
+    *,
+    panda: PandA,
+    velocity: float | None = None,
+    exposure: float | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[str]:
+    """Fly ``motor`` from ``start`` to ``stop`` at constant velocity, taking ``num`` frames.
+
+    The PandA fires a trigger at each of ``num`` equally spaced positions (start and stop
+    included) and captures the motor's encoder position there; every detector takes one
+    frame per trigger. Give the ``velocity``, the ``exposure`` (the fastest velocity the
+    detectors allow is then used), or both. Returns the run's uid.
+    """
+    plan = "fly_scan"
+    if int(num) != num or num < 2:
+        raise ScanArgumentError(f"{plan}: num must be an integer of at least 2, not {num!r}")
+    num = int(num)
+    step = (stop - start) / (num - 1)
+    if step == 0:
+        raise ScanArgumentError(f"{plan}: start and stop are both {start:g}")
+    encoder = yield from _encoder(plan, panda, motor, step)
+    axis = yield from _axis(motor)
+    timing = yield from _timing(plan, detectors, axis, step, velocity, exposure)
+    rows = [_Row(start, stop)]
+    _check_rows(plan, axis, rows, step, num, timing)
+
+    axis_key = f"{panda.name}-{motor.name}"
+    metadata = {
+        "plan_name": plan,
+        "plan_args": {
+            "detectors": [d.name for d in detectors],
+            "motor": motor.name,
+            "start": start,
+            "stop": stop,
+            "num": num,
+            "panda": panda.name,
+            "velocity": timing.speed,
+            "exposure": timing.exposure,
+        },
+        "detectors": [d.name for d in detectors],
+        "motors": [motor.name],
+        "num_points": num,
+        "num_intervals": num - 1,
+        "shape": [num],
+        "extents": [[start, stop]],
+        "hints": {"dimensions": [([axis_key], "primary")]},
+        **(md or {}),
+    }
+
+    @bpp.stage_decorator([*detectors, panda, panda.pcomp_flyer, motor])
+    @bpp.run_decorator(md=metadata)
+    def inner() -> MsgGenerator[None]:
+        yield from _fly_rows(detectors, panda, motor, encoder, rows, num, step, timing)
+
+    return (yield from _restoring_velocity(motor, inner()))
+
+
+def snake_fly_scan(
+    detectors: Sequence[StandardDetector],
+    slow: Any,
+    slow_start: float,
+    slow_stop: float,
+    slow_num: int,
+    fast: Any,
+    fast_start: float,
+    fast_stop: float,
+    fast_num: int,
+    *,
+    panda: PandA,
+    velocity: float | None = None,
+    exposure: float | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[str]:
+    """A 2-D raster: step ``slow`` through ``slow_num`` rows and fly ``fast`` across each,
+    alternating direction (snake), ``fast_num`` frames per row.
+
+    Frames come in the order taken; the run's ``shape`` is ``[slow_num, fast_num]`` with
+    ``snaking`` set, so the data reshape to the grid with every other row reversed.
+    Returns the run's uid.
+    """
+    plan = "snake_fly_scan"
+    if int(slow_num) != slow_num or slow_num < 1:
+        raise ScanArgumentError(f"{plan}: slow_num must be a positive integer, not {slow_num!r}")
+    if int(fast_num) != fast_num or fast_num < 2:
+        raise ScanArgumentError(
+            f"{plan}: fast_num must be an integer of at least 2, not {fast_num!r}"
+        )
+    slow_num, fast_num = int(slow_num), int(fast_num)
+    step = (fast_stop - fast_start) / (fast_num - 1)
+    if step == 0:
+        raise ScanArgumentError(f"{plan}: fast_start and fast_stop are both {fast_start:g}")
+    encoder = yield from _encoder(plan, panda, fast, step)
+    fast_axis = yield from _axis(fast)
+    slow_axis = yield from _axis(slow)
+    slow_positions = [
+        slow_start + i * (slow_stop - slow_start) / max(slow_num - 1, 1) for i in range(slow_num)
+    ]
+    for parameter, position in (("slow_start", slow_start), ("slow_stop", slow_stop)):
+        slow_axis.check(plan, parameter, position)
+    timing = yield from _timing(plan, detectors, fast_axis, step, velocity, exposure)
+    rows = [
+        _Row(fast_start, fast_stop) if i % 2 == 0 else _Row(fast_stop, fast_start)
+        for i in range(slow_num)
+    ]
+    try:
+        _check_rows(plan, fast_axis, rows, step, fast_num, timing)
+    except ScanArgumentError as error:
+        raise ScanArgumentError(
+            str(error).replace(": start ", ": fast_start ", 1).replace(": stop ", ": fast_stop ", 1)
+        ) from None
+
+    metadata = {
+        "plan_name": plan,
+        "plan_args": {
+            "detectors": [d.name for d in detectors],
+            "slow": slow.name,
+            "slow_start": slow_start,
+            "slow_stop": slow_stop,
+            "slow_num": slow_num,
+            "fast": fast.name,
+            "fast_start": fast_start,
+            "fast_stop": fast_stop,
+            "fast_num": fast_num,
+            "panda": panda.name,
+            "velocity": timing.speed,
+            "exposure": timing.exposure,
+        },
+        "detectors": [d.name for d in detectors],
+        "motors": [slow.name, fast.name],
+        "num_points": slow_num * fast_num,
+        "shape": [slow_num, fast_num],
+        "extents": [[slow_start, slow_stop], [fast_start, fast_stop]],
+        "snaking": [False, True],
+        "hints": {
+            "dimensions": [
+                ([f"{panda.name}-{slow.name}"], "primary"),
+                ([f"{panda.name}-{fast.name}"], "primary"),
+            ]
+        },
+        **(md or {}),
+    }
+
+    @bpp.stage_decorator([*detectors, panda, panda.pcomp_flyer, fast, slow])
+    @bpp.run_decorator(md=metadata)
+    def inner() -> MsgGenerator[None]:
+        yield from _fly_rows(
+            detectors, panda, fast, encoder, rows, fast_num, step, timing, slow, slow_positions
+        )
+
+    return (yield from _restoring_velocity(fast, inner()))
+
+
+def step_scan(
+    detectors: Sequence[Any],
+    motor: Any,
+    start: float,
+    stop: float,
+    num: int,
+    *,
+    exposure: float | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[str]:
+    """A step scan (bluesky's ``scan``) whose detectors may write their own files: move,
+    trigger each detector once (area detectors take a frame of ``exposure`` seconds), read.
+
+    The range is checked against the motor's soft limits before anything moves.
+    Returns the run's uid.
+    """
+    plan = "step_scan"
+    if int(num) != num or num < 1:
+        raise ScanArgumentError(f"{plan}: num must be a positive integer, not {num!r}")
+    if exposure is not None and not exposure > 0:
+        raise ScanArgumentError(f"{plan}: exposure must be positive, not {exposure:g} s")
+    if hasattr(motor, "low_limit_travel"):
+        axis = yield from _axis(motor)
+        axis.check(plan, "start", start)
+        axis.check(plan, "stop", stop)
+    standard = [d for d in detectors if isinstance(d, StandardDetector)]
+
+    @bpp.stage_decorator([*detectors, motor])
+    def inner() -> MsgGenerator[str]:
+        # After staging, which forgets a detector's preparation.
+        for detector in standard:
+            info = TriggerInfo(livetime=exposure or 0.0)
+            yield from bps.prepare(detector, info, group="prepare")
+        yield from bps.wait(group="prepare")
+        metadata = {"plan_name": plan, **({"exposure": exposure} if exposure else {}), **(md or {})}
+        return (yield from bp.scan(list(detectors), motor, start, stop, int(num), md=metadata))
+
+    return (yield from inner())

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Annotated as A
 
+from event_model import DataKey
 from ophyd_async.core import (
     DetectorTriggerLogic,
     PathProvider,
@@ -96,3 +97,26 @@ class AreaDetector(adcore.AreaDetector[AreaDetectorDriverIO]):
             config_sigs=(driver.trigger_mode,),
             name=name,
         )
+
+    async def describe(self) -> dict[str, DataKey]:
+        return _frame_shapes(await super().describe())
+
+    async def describe_collect(self) -> dict[str, DataKey]:
+        return _frame_shapes(await super().describe_collect())
+
+
+def _frame_shapes(data_keys: dict[str, DataKey]) -> dict[str, DataKey]:
+    """Describe one frame per event as a frame, ``[height, width]``.
+
+    ophyd-async describes the frames of an event as ``[frames_per_event, height, width]``
+    even for one frame per event. The detector's file holds ``(frames, height, width)``, and
+    the catalogue (tiled) serves the file's array only while its rank is that of the data
+    key's shape with a leading axis of events: a file holding more frames than the run
+    references (the frames of the next collect, or after the detector died) is trimmed to
+    the run's frames when the ranks match, and refused when they do not.
+    """
+    for key in data_keys.values():
+        shape = key.get("shape") or []
+        if len(shape) >= 3 and shape[0] == 1:
+            key["shape"] = shape[1:]
+    return data_keys

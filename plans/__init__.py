@@ -17,7 +17,7 @@ from bluesky.plans import (
 )
 
 from .align import AlignmentError, AlignResult, align  # noqa: F401  (results of align)
-from .fly import ScanArgumentError, fly_scan, snake_fly_scan, step_scan  # noqa: F401
+from .fly import DeviceFailure, ScanArgumentError, fly_scan, snake_fly_scan, step_scan  # noqa: F401
 
 __all__ = [
     "align",

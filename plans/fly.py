@@ -16,7 +16,7 @@ raises `ScanArgumentError` naming it, and no run is opened.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +24,22 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
-from ophyd_async.core import DetectorTrigger, FlyMotorInfo, StandardDetector, TriggerInfo
+from ophyd_async.core import (
+    DetectorTrigger,
+    Device,
+    FlyMotorInfo,
+    Signal,
+    StandardDetector,
+    TriggerInfo,
+)
 
 from hutch.devices.panda import PandA, PcompInfo
 
-__all__ = ["ScanArgumentError", "fly_scan", "snake_fly_scan", "step_scan"]
+__all__ = ["DeviceFailure", "ScanArgumentError", "fly_scan", "snake_fly_scan", "step_scan"]
 
-#: Seconds between two collections of a fly scan's frames while it runs.
-FLUSH_PERIOD = 0.5
+#: Seconds between two collections of a fly scan's frames while it runs: at most this much
+#: of the detectors' data is written but not yet referenced by the run if one of them dies.
+FLUSH_PERIOD = 0.2
 #: Fraction of the trigger period left unexposed beyond the detectors' dead time, when the
 #: exposure follows from the velocity.
 TRIGGER_MARGIN = 0.02
@@ -42,6 +50,47 @@ class ScanArgumentError(ValueError):
 
     Raised before the run opens and before anything moves.
     """
+
+
+class DeviceFailure(RuntimeError):
+    """A device stopped answering or failed during a scan; the message starts with its name.
+
+    The run is closed with exit_status 'fail' and this message as its reason; the data
+    collected until then stay in the run.
+    """
+
+
+def _signal_sources(device: Any) -> Iterator[str]:
+    for _, child in device.children():
+        if isinstance(child, Signal):
+            yield child.source.partition("://")[2] or child.source
+        else:
+            yield from _signal_sources(child)
+
+
+def _failed_device(error: BaseException, devices: Sequence[Any]) -> str | None:
+    """The device an error is about: the one whose status failed, or whose PV it names."""
+    text = f"{error!r} {error}"
+    for device in devices:
+        if f"device: {device.name}," in text:  # a failed status (bluesky's FailedStatus)
+            return device.name
+    for device in devices:
+        if isinstance(device, Device) and any(s and s in text for s in _signal_sources(device)):
+            return device.name
+    return None
+
+
+def _naming_failures(devices: Sequence[Any], plan: MsgGenerator) -> MsgGenerator:
+    """Run ``plan``; an error that comes from one of ``devices`` is raised again as a
+    `DeviceFailure` naming it, so the run's stop document says which device failed (a
+    timeout of ophyd-async names only a PV)."""
+    try:
+        return (yield from plan)
+    except Exception as error:
+        name = _failed_device(error, devices)
+        if name is None:
+            raise
+        raise DeviceFailure(f"{name} failed: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -309,7 +358,10 @@ def fly_scan(
     @bpp.stage_decorator([*detectors, panda, panda.pcomp_flyer, motor])
     @bpp.run_decorator(md=metadata)
     def inner() -> MsgGenerator[None]:
-        yield from _fly_rows(detectors, panda, motor, encoder, rows, num, step, timing)
+        yield from _naming_failures(
+            [*detectors, panda, motor],
+            _fly_rows(detectors, panda, motor, encoder, rows, num, step, timing),
+        )
 
     return (yield from _restoring_velocity(motor, inner()))
 
@@ -402,8 +454,11 @@ def snake_fly_scan(
     @bpp.stage_decorator([*detectors, panda, panda.pcomp_flyer, fast, slow])
     @bpp.run_decorator(md=metadata)
     def inner() -> MsgGenerator[None]:
-        yield from _fly_rows(
-            detectors, panda, fast, encoder, rows, fast_num, step, timing, slow, slow_positions
+        yield from _naming_failures(
+            [*detectors, panda, fast, slow],
+            _fly_rows(
+                detectors, panda, fast, encoder, rows, fast_num, step, timing, slow, slow_positions
+            ),
         )
 
     return (yield from _restoring_velocity(fast, inner()))

@@ -1,9 +1,12 @@
-"""``hutch bench``'s NeXus throughput and metadata search tables, run small: the rows are
-produced with positive numbers (their values are the bench's business, not the tests')."""
+"""``hutch bench``'s NeXus throughput, fly scan and metadata search tables, run small: the
+rows are produced with positive numbers (their values are the bench's business, not the
+tests')."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -45,6 +48,51 @@ def test_nexus_throughput_table(demo_profile, tmp_path, capsys):
     assert all(r.met is not None and r.baseline.startswith("raw h5py") for r in writers)
     out = capsys.readouterr().out
     assert "NeXus writer throughput" in out and "Run time: nexus" in out
+    assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"
+
+
+# libca is configured once per process, for the bench's own simulator: the fly table runs in
+# a process of its own, on this worker's ports.
+_FLY = """
+import sys
+from pathlib import Path
+
+import hutch.bench
+from hutch.profile import load_profile
+
+data_dir, *ports = sys.argv[1:]
+hutch.bench.free_port = lambda: int(ports.pop())
+hutch.bench.run_bench(load_profile("demo"), tables=["fly"], fly_seconds=0.3, fly_frames=50,
+                      data_dir=Path(data_dir), as_json=True)
+"""
+
+
+def test_fly_table(tmp_path, free_port):
+    """The PandA captures a 1 MHz clock without loss (the table fails otherwise) beside raw
+    h5py; the area detector's fly scan writes and catalogues its frames (ditto)."""
+    ports = [str(free_port()) for _ in range(4)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLY, str(tmp_path), *ports],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tables"] == ["fly"] and not out["errors"]
+    rows = {r["name"].split(":")[0]: r for r in out["rows"]}
+    assert list(rows) == [
+        "raw h5py append",
+        "PandA capture (CLOCK at 1 MHz)",
+        "detector nominal rate",
+        "area detector, fly scan end to end",
+    ]
+    for row in rows.values():
+        assert row["ms"] > 0 and row["events_per_s"] > 0 and row["ratio"] > 0
+    panda = rows["PandA capture (CLOCK at 1 MHz)"]
+    assert "zero loss" in panda["name"] and panda["unit"] == "ms/point"
+    assert panda["min_rate"] == 1e6 and panda["met"] is not None
+    assert "50 frames" in rows["area detector, fly scan end to end"]["name"]
     assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"
 
 

@@ -42,7 +42,16 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     assert summary["ok"] is True, summary["checks"]
     assert summary["simulator_started"] is True
     plan_names = [run["plan_name"] for run in summary["runs"]]
-    assert plan_names == ["count", "scan", "scan", "align", "count"]
+    assert plan_names == [
+        "count",
+        "scan",
+        "scan",
+        "align",
+        "count",
+        "step_scan",
+        "fly_scan",
+        "snake_fly_scan",
+    ]
     for run in summary["runs"]:
         assert run["exit_status"] == "success"
         assert run["events"]["primary"] > 0
@@ -59,7 +68,11 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
 
     # The catalogue (restarted on demand) lists the demo's runs.
     runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-    assert [r["uid"] for r in runs][-5:] == [run["uid"] for run in summary["runs"]]
+    assert [r["uid"] for r in runs][-8:] == [run["uid"] for run in summary["runs"]]
+    # The fly scans: frames and captured positions, and a refused one.
+    fly = summary["runs"][6]
+    assert fly["frames"] == {"points": 61, "data_key": "det1"}
+    assert "VMAX" in summary["refused_fly_scan"]
     _hutch("catalog", "down", env=env)
     # The simulator the demo started ended with it.
     deadline = time.monotonic() + 30

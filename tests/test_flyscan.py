@@ -140,11 +140,11 @@ def test_snake_fly_scan_covers_the_grid_and_the_catalogue_serves_it(session, doc
 
     run = session.runs_container[result.run_start_uids[0]]
     assert run.metadata["start"]["shape"] == [3, 5]
-    # ophyd-async describes each event of det1 as (1, HEIGHT, WIDTH): one frame per trigger.
     served = np.asarray(run["primary"]["det1"].read())
-    assert served.shape == (15, 1, HEIGHT, WIDTH)
-    np.testing.assert_array_equal(served.reshape(3, 5, HEIGHT, WIDTH),
-                                  frames.reshape(3, 5, HEIGHT, WIDTH))
+    assert served.shape == (15, HEIGHT, WIDTH)
+    np.testing.assert_array_equal(
+        served.reshape(3, 5, HEIGHT, WIDTH), frames.reshape(3, 5, HEIGHT, WIDTH)
+    )
     served_x = np.asarray(run["primary"][_key(data, "-sample_x")].read())
     np.testing.assert_array_equal(served_x.reshape(3, 5), grid_x)
 
@@ -191,3 +191,119 @@ def test_step_scan_with_the_area_detector(session, docs):
         assert _centroid(frame) == pytest.approx(expected, abs=1.0)
     with pytest.raises(plans.ScanArgumentError, match=r"stop 11 mm is outside sample_x's"):
         session.RE(plans.step_scan([det1], x, 0.0, 11.0, 5))
+
+
+# A session of its own in a process of its own, on a simulator of its own: the test kills
+# that simulator's detector IOC mid-scan (libca is configured once per process, so the
+# session cannot live in the test process, whose CA client knows the suite's simulator).
+_DYING_DETECTOR = """
+import json, os, signal, sys, threading, time
+from pathlib import Path
+
+import h5py
+
+from hutch import plans, simulators
+from hutch.ca import configure_ca_client
+from hutch.catalog import stop_catalog
+from hutch.config import Settings
+from hutch.profile import load_profile
+from hutch.session import Session
+
+data_dir, port, catalog_port, out = sys.argv[1:]
+profile = load_profile("demo")
+settings = Settings(data_dir=Path(data_dir), catalog_port=int(catalog_port))
+state = simulators.start(profile, int(port), settings, exit_with=os.getpid(), timeout=60)
+configure_ca_client(*state.ports)
+detector = state.iocs["detector"]
+session = Session(profile, settings, live_table=False, plots=False)
+docs = []
+session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+d = session.devices
+
+def kill_after(frames):
+    while simulators.ca_read("DEMO:DET1:HDF1:NumCaptured_RBV", detector["port"]) < frames:
+        time.sleep(0.05)
+    os.kill(detector["pid"], signal.SIGKILL)
+
+threading.Thread(target=kill_after, args=(60,), daemon=True).start()
+error = None
+try:
+    session.RE(plans.fly_scan([d["det1"]], d["sample_x"], -2.0, 2.0, 201, panda=d["panda1"],
+                              velocity=2.0))
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+session.close()
+stop = next(doc for name, doc in docs if name == "stop")
+resource = next(
+    doc for name, doc in docs if name == "stream_resource" and doc["data_key"] == "det1"
+)
+referenced = sum(
+    doc["indices"]["stop"] - doc["indices"]["start"]
+    for name, doc in docs
+    if name == "stream_datum" and doc["stream_resource"] == resource["uid"]
+)
+# The dead IOC left its file flagged open for write, as a crashed areaDetector does: it
+# reads in SWMR mode (as tiled reads it), or after `h5clear -s`.
+path = resource["uri"].removeprefix("file://localhost")
+with h5py.File(path, "r", swmr=True) as f:
+    frames = f["entry/data/data"][()]
+uid = stop["run_start"]
+run = session.runs_container[uid]
+served = run["primary"]["det1"].read()
+record = session.record(uid)
+with h5py.File(record.nexus, "r", swmr=True) as f:  # SWMR reaches the linked file too
+    in_nexus = f["entry/instrument/det1/data"].shape[0]
+    nexus_status = f["entry/run_status/exit_status"][()].decode()
+json.dump({
+    "error": error, "exit_status": stop["exit_status"], "reason": stop["reason"],
+    "in_file": len(frames), "referenced": referenced, "in_nexus": in_nexus,
+    "nexus_status": nexus_status,
+    "catalogued_status": run.metadata["stop"]["exit_status"],
+    "catalogued_frames": len(served),
+    "served_equal_file": bool((served.reshape(-1, *frames.shape[1:])
+                               == frames[:len(served)]).all()),
+}, open(out, "w"))
+stop_catalog(settings)
+"""
+
+
+def test_detector_ioc_dying_mid_scan_fails_the_run_and_keeps_its_frames(tmp_path, free_port):
+    """SIGKILL the area detector's IOC after 60 frames of a 201-frame fly scan: the run ends
+    with exit_status 'fail' naming det1, the frames written before stay in the detector's
+    file, and those collected before the IOC died (all but the last flush period's) are
+    referenced by the NeXus file and the catalogue."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.json"
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DYING_DETECTOR,
+            str(tmp_path / "data"),
+            str(free_port()),
+            str(free_port()),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["exit_status"] == "fail"
+    assert "det1" in result["reason"] and "det1" in result["error"]
+    assert result["reason"].startswith("det1 failed")
+    assert result["in_file"] >= 60
+    assert 0 < result["referenced"] <= result["in_file"]
+    # The catalogue serves the frames the run referenced; the NeXus file's external link
+    # reaches every frame of the file, those of the last flush period too.
+    assert result["catalogued_frames"] == result["referenced"]
+    assert result["in_nexus"] == result["in_file"]
+    assert result["served_equal_file"]
+    assert result["nexus_status"] == result["catalogued_status"] == "fail"

@@ -18,7 +18,11 @@ def test_demo_profile_loads():
         "slit_gap",
         "ring_current",
         "det",
+        "panda1",
+        "det1",
     }
+    assert profile.iocs == ["main", "detector"]
+    assert profile.device("det1").ioc == "detector"
     assert profile.metadata.facility == "HUTCH"
     assert "align" in profile.plans and "scan" in profile.plans
     assert profile.simulation.peak.axis == "sample_x"

@@ -12,6 +12,9 @@ TABLES: dict[str, str] = {
     "ophyd v1, soft signals",
     "sim-scan": "step scan on the hutch simulator, ms per point: raw CA floor, hutch devices, "
     "full session, ophyd v1; and each stack's fixed cost per run",
+    "fly": "fly scans on the hutch simulator: PandA position capture of CLOCK1 at 1 MHz into "
+    "HDF5 with zero loss (points/s) vs raw h5py appends on the same disk, goal 1 M points/s; "
+    "area detector fly scan in a full session, frames/s end to end vs its nominal rate",
     "nexus": "NeXus writer throughput (events/s, MB/s): NexusWriter vs raw h5py appends of "
     "the same data, scalar stream and 512x512 frames, single events and pages; goal: 80% of raw",
     "ingest": "catalogue ingest (events/s): TiledWriter vs raw tiled-client appends, scalar "

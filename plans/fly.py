@@ -23,7 +23,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
-from bluesky.utils import MsgGenerator
+from bluesky.utils import FailedStatus, MsgGenerator
 from ophyd_async.core import (
     DetectorTrigger,
     Device,
@@ -40,8 +40,8 @@ __all__ = ["DeviceFailure", "ScanArgumentError", "fly_scan", "snake_fly_scan", "
 #: Seconds between two collections of a fly scan's frames while it runs: at most this much
 #: of the detectors' data is written but not yet referenced by the run if one of them dies.
 FLUSH_PERIOD = 0.2
-#: Fraction of the trigger period left unexposed beyond the detectors' dead time, when the
-#: exposure follows from the velocity.
+#: Fraction of each trigger period kept free beyond the detectors' exposure and dead time:
+#: trigger times jitter a little, and a trigger during the dead time is lost.
 TRIGGER_MARGIN = 0.02
 
 
@@ -90,7 +90,9 @@ def _naming_failures(devices: Sequence[Any], plan: MsgGenerator) -> MsgGenerator
         name = _failed_device(error, devices)
         if name is None:
             raise
-        raise DeviceFailure(f"{name} failed: {error}") from error
+        # A failed status's own message is the status's repr; what went wrong is its cause.
+        cause = error.__cause__ if isinstance(error, FailedStatus) and error.__cause__ else error
+        raise DeviceFailure(f"{name} failed: {cause}") from error
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,15 @@ class _Axis:
                 f"{plan}: {parameter} {what}{position:g} {self.units} is outside {self.name}'s "
                 f"soft limits [{self.low:g}, {self.high:g}] {self.units}"
             )
+
+
+def _count(plan: str, parameter: str, value: Any, least: int) -> int:
+    """``value`` as a number of points, at least ``least``."""
+    if not isinstance(value, int | float) or int(value) != value or value < least:
+        raise ScanArgumentError(
+            f"{plan}: {parameter} must be an integer of at least {least}, not {value!r}"
+        )
+    return int(value)
 
 
 def _axis(motor: Any) -> MsgGenerator[_Axis]:
@@ -167,25 +178,27 @@ def _timing(
         )
     slowest = max(deadtimes, key=deadtimes.get, default=None)
     deadtime = deadtimes.get(slowest, 0.0) if slowest else 0.0
+    # Each trigger period keeps a margin beyond exposure and dead time: trigger times jitter.
+    usable = 1 - TRIGGER_MARGIN
     if velocity is None:
-        period = exposure + deadtime
+        period = (exposure + deadtime) / usable
         velocity = abs(step) / period
     else:
         period = abs(step) / velocity
         if exposure is None:
-            # What the detectors allow, less a margin: trigger times jitter a little.
-            exposure = period * (1 - TRIGGER_MARGIN) - deadtime
+            exposure = period * usable - deadtime
     if velocity > axis.max_velocity:
         raise ScanArgumentError(
             f"{plan}: velocity {velocity:g} {axis.units}/s exceeds {axis.name}'s maximum "
             f"velocity (VMAX) {axis.max_velocity:g} {axis.units}/s"
         )
-    if exposure <= 0 or period < exposure + deadtime:
+    if exposure <= 0 or period * usable < exposure + deadtime:
+        fastest = (max(exposure, 0) + deadtime) / usable
         raise ScanArgumentError(
             f"{plan}: velocity {velocity:g} {axis.units}/s triggers every {period * 1e3:.4g} ms "
             f"({1 / period:.4g} Hz), faster than {slowest} can take frames: exposure "
-            f"{max(exposure, 0) * 1e3:.4g} ms + dead time {deadtime * 1e3:.4g} ms "
-            f"(at most {1 / (max(exposure, 0) + deadtime):.4g} Hz)"
+            f"{max(exposure, 0) * 1e3:.4g} ms + dead time {deadtime * 1e3:.4g} ms + "
+            f"{TRIGGER_MARGIN:.0%} margin (at most {1 / fastest:.4g} Hz)"
         )
     return _Timing(period=period, exposure=exposure, speed=velocity)
 
@@ -320,9 +333,7 @@ def fly_scan(
     detectors allow is then used), or both. Returns the run's uid.
     """
     plan = "fly_scan"
-    if int(num) != num or num < 2:
-        raise ScanArgumentError(f"{plan}: num must be an integer of at least 2, not {num!r}")
-    num = int(num)
+    num = _count(plan, "num", num, 2)
     step = (stop - start) / (num - 1)
     if step == 0:
         raise ScanArgumentError(f"{plan}: start and stop are both {start:g}")
@@ -390,13 +401,10 @@ def snake_fly_scan(
     Returns the run's uid.
     """
     plan = "snake_fly_scan"
-    if int(slow_num) != slow_num or slow_num < 1:
-        raise ScanArgumentError(f"{plan}: slow_num must be a positive integer, not {slow_num!r}")
-    if int(fast_num) != fast_num or fast_num < 2:
-        raise ScanArgumentError(
-            f"{plan}: fast_num must be an integer of at least 2, not {fast_num!r}"
-        )
-    slow_num, fast_num = int(slow_num), int(fast_num)
+    slow_num, fast_num = (
+        _count(plan, "slow_num", slow_num, 1),
+        _count(plan, "fast_num", fast_num, 2),
+    )
     step = (fast_stop - fast_start) / (fast_num - 1)
     if step == 0:
         raise ScanArgumentError(f"{plan}: fast_start and fast_stop are both {fast_start:g}")
@@ -481,8 +489,7 @@ def step_scan(
     Returns the run's uid.
     """
     plan = "step_scan"
-    if int(num) != num or num < 1:
-        raise ScanArgumentError(f"{plan}: num must be a positive integer, not {num!r}")
+    num = _count(plan, "num", num, 1)
     if exposure is not None and not exposure > 0:
         raise ScanArgumentError(f"{plan}: exposure must be positive, not {exposure:g} s")
     if hasattr(motor, "low_limit_travel"):
@@ -499,6 +506,6 @@ def step_scan(
             yield from bps.prepare(detector, info, group="prepare")
         yield from bps.wait(group="prepare")
         metadata = {"plan_name": plan, **({"exposure": exposure} if exposure else {}), **(md or {})}
-        return (yield from bp.scan(list(detectors), motor, start, stop, int(num), md=metadata))
+        return (yield from bp.scan(list(detectors), motor, start, stop, num, md=metadata))
 
     return (yield from inner())

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+
 _PUNX = Path(sys.executable).with_name("punx")
 _PUNX_ROW = re.compile(r"^(\S+)\s+(OK|NOTE|WARN|ERROR|TODO|OPTIONAL|UNUSED|COMMENT)\s+(.*\S)\s*$")
 # nxvalidate sizes its log lines to the terminal and fails without one: give it a size.
@@ -48,6 +50,20 @@ def nxinspect_errors(path: Path) -> list[str]:
     return [] if total.group(1) == "0" else [out]
 
 
+def _external_links(group: h5py.Group) -> bool:
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return True
+        member = group[name] if isinstance(link, h5py.HardLink) else None
+        if isinstance(member, h5py.Group) and _external_links(member):
+            return True
+    return False
+
+
 def problems(path: Path) -> list:
-    """Every error either validator finds, and punx's warnings."""
-    return punx_problems(path) + nxinspect_errors(path)
+    """Every error either validator finds, and punx's warnings (punx only on files without
+    external links, which it cannot follow: ``punx_problems``)."""
+    with h5py.File(path, "r") as f:
+        linked = _external_links(f)
+    return ([] if linked else punx_problems(path)) + nxinspect_errors(path)

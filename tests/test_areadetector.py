@@ -9,10 +9,6 @@ demo beamline); the child prints its documents and results as JSON.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 from event_model import DocumentNames, schema_validators
+from ioc_process import run_client, serving
 
-from hutch.ca import ca_server_env
 from hutch.simulators import ca_read, ca_write
 from hutch.simulators.areadetector import DATASET, format_file_name, spot_pixel
 
@@ -70,58 +66,22 @@ def call(coro):
     return asyncio.run_coroutine_threadsafe(coro, RE.loop).result(timeout=30)
 """
 
-CLIENT_EPILOGUE = """
-def plain(value):
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    return str(value)
-
-print(json.dumps({"docs": docs, **result}, default=plain))
-"""
-
 
 @pytest.fixture(scope="module")
 def ad_port(free_port, tmp_path_factory) -> Iterator[int]:
     """The port of a simulator serving two detectors: spot centred, and spot at SPOT_XY."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("ad-sim") / "sim.log"
-    env = {**os.environ, **ca_server_env(port)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SIM_SCRIPT], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ca_read(PREFIX + "cam1:Acquire_RBV", port, timeout=1.0)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"simulator did not come up:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
+    with serving(
+        SIM_SCRIPT,
+        free_port(),
+        PREFIX + "cam1:Acquire_RBV",
+        tmp_path_factory.mktemp("ad-sim") / "sim.log",
+    ) as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
-def run_client(port: int, directory: Path, body: str) -> dict[str, Any]:
+def client(port: int, directory: Path, body: str) -> dict[str, Any]:
     """Run ``body`` in a child with a RunEngine and CA on ``port``; its JSON output."""
-    script = CLIENT_PRELUDE + body + CLIENT_EPILOGUE
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(port), str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"client failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_client(CLIENT_PRELUDE, body, port, directory, timeout=120)
 
 
 def validate(docs: list[list[Any]]) -> list[str]:
@@ -165,7 +125,7 @@ def test_file_name_follows_the_c_template():
 
 
 def test_step_count_writes_frames_with_the_spot_where_the_stage_puts_it(ad_port, tmp_path):
-    out = run_client(
+    out = client(
         ad_port,
         tmp_path,
         f"""
@@ -208,7 +168,7 @@ RE(bp.count([spot], num=1))
 def test_external_triggers_take_one_frame_each_and_too_fast_ones_are_missed(ad_port, tmp_path):
     # Livetime 0.05 s: a trigger within 0.054 s (with the readout) of the last is missed.
     # Triggers 0.3 s apart are always taken; two in one put are always too close.
-    out = run_client(
+    out = client(
         ad_port,
         tmp_path,
         f"""
@@ -255,7 +215,7 @@ result["trigger_mode"] = call(det.driver.trigger_mode.get_value())
 
 
 def test_trigger_deadtime_is_the_readout_time(ad_port, tmp_path):
-    out = run_client(
+    out = client(
         ad_port,
         tmp_path,
         f"""

@@ -215,55 +215,57 @@ settings = Settings(data_dir=Path(data_dir), catalog_port=int(catalog_port))
 state = simulators.start(profile, int(port), settings, exit_with=os.getpid(), timeout=60)
 configure_ca_client(*state.ports)
 detector = state.iocs["detector"]
-session = Session(profile, settings, live_table=False, plots=False)
-docs = []
-session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
-d = session.devices
-
-def kill_after(frames):
-    while simulators.ca_read("DEMO:DET1:HDF1:NumCaptured_RBV", detector["port"]) < frames:
-        time.sleep(0.05)
-    os.kill(detector["pid"], signal.SIGKILL)
-
-threading.Thread(target=kill_after, args=(60,), daemon=True).start()
-error = None
 try:
-    session.RE(plans.fly_scan([d["det1"]], d["sample_x"], -2.0, 2.0, 201, panda=d["panda1"],
-                              velocity=2.0))
-except Exception as exc:
-    error = f"{type(exc).__name__}: {exc}"
-session.close()
-stop = next(doc for name, doc in docs if name == "stop")
-resource = next(
-    doc for name, doc in docs if name == "stream_resource" and doc["data_key"] == "det1"
-)
-referenced = sum(
-    doc["indices"]["stop"] - doc["indices"]["start"]
-    for name, doc in docs
-    if name == "stream_datum" and doc["stream_resource"] == resource["uid"]
-)
-# The dead IOC left its file flagged open for write, as a crashed areaDetector does: it
-# reads in SWMR mode (as tiled reads it), or after `h5clear -s`.
-path = resource["uri"].removeprefix("file://localhost")
-with h5py.File(path, "r", swmr=True) as f:
-    frames = f["entry/data/data"][()]
-uid = stop["run_start"]
-run = session.runs_container[uid]
-served = run["primary"]["det1"].read()
-record = session.record(uid)
-with h5py.File(record.nexus, "r", swmr=True) as f:  # SWMR reaches the linked file too
-    in_nexus = f["entry/instrument/det1/data"].shape[0]
-    nexus_status = f["entry/run_status/exit_status"][()].decode()
-json.dump({
-    "error": error, "exit_status": stop["exit_status"], "reason": stop["reason"],
-    "in_file": len(frames), "referenced": referenced, "in_nexus": in_nexus,
-    "nexus_status": nexus_status,
-    "catalogued_status": run.metadata["stop"]["exit_status"],
-    "catalogued_frames": len(served),
-    "served_equal_file": bool((served.reshape(-1, *frames.shape[1:])
-                               == frames[:len(served)]).all()),
-}, open(out, "w"))
-stop_catalog(settings)
+    session = Session(profile, settings, live_table=False, plots=False)
+    docs = []
+    session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    d = session.devices
+
+    def kill_after(frames):
+        while simulators.ca_read("DEMO:DET1:HDF1:NumCaptured_RBV", detector["port"]) < frames:
+            time.sleep(0.05)
+        os.kill(detector["pid"], signal.SIGKILL)
+
+    threading.Thread(target=kill_after, args=(60,), daemon=True).start()
+    error = None
+    try:
+        session.RE(plans.fly_scan([d["det1"]], d["sample_x"], -2.0, 2.0, 201, panda=d["panda1"],
+                                  velocity=2.0))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    session.close()
+    stop = next(doc for name, doc in docs if name == "stop")
+    resource = next(
+        doc for name, doc in docs if name == "stream_resource" and doc["data_key"] == "det1"
+    )
+    referenced = sum(
+        doc["indices"]["stop"] - doc["indices"]["start"]
+        for name, doc in docs
+        if name == "stream_datum" and doc["stream_resource"] == resource["uid"]
+    )
+    # The dead IOC left its file flagged open for write, as a crashed areaDetector does: it
+    # reads in SWMR mode (as tiled reads it), or after `h5clear -s`.
+    path = resource["uri"].removeprefix("file://localhost")
+    with h5py.File(path, "r", swmr=True) as f:
+        frames = f["entry/data/data"][()]
+    uid = stop["run_start"]
+    run = session.runs_container[uid]
+    served = run["primary"]["det1"].read()
+    record = session.record(uid)
+    with h5py.File(record.nexus, "r", swmr=True) as f:  # SWMR reaches the linked file too
+        in_nexus = f["entry/instrument/det1/data"].shape[0]
+        nexus_status = f["entry/run_status/exit_status"][()].decode()
+    json.dump({
+        "error": error, "exit_status": stop["exit_status"], "reason": stop["reason"],
+        "in_file": len(frames), "referenced": referenced, "in_nexus": in_nexus,
+        "nexus_status": nexus_status,
+        "catalogued_status": run.metadata["stop"]["exit_status"],
+        "catalogued_frames": len(served),
+        "served_equal_file": bool((served.reshape(-1, *frames.shape[1:])
+                                   == frames[:len(served)]).all()),
+    }, open(out, "w"))
+finally:
+    stop_catalog(settings)
 """
 
 

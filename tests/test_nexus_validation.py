@@ -28,8 +28,25 @@ from hutch.callbacks import NexusWriter
             [d["det"]], d["sample_y"], -1, 1, 2, d["sample_x"], 2, 3, 3, snake_axes=True
         ),
         lambda d: plans.scan([d["det"]], d["slit_gap"], 0.5, 1.5, 3),
+        lambda d: plans.step_scan([d["det1"]], d["sample_x"], -1.0, 1.0, 3, exposure=0.01),
+        lambda d: plans.fly_scan(
+            [d["det1"]], d["sample_x"], -1.0, 1.0, 11, panda=d["panda1"], velocity=2.0
+        ),
+        lambda d: plans.snake_fly_scan(
+            [d["det1"]],
+            d["sample_y"],
+            -0.5,
+            0.5,
+            2,
+            d["sample_x"],
+            -0.4,
+            0.4,
+            5,
+            panda=d["panda1"],
+            velocity=2.0,
+        ),
     ],
-    ids=["count", "scan", "grid_scan", "slit_scan"],
+    ids=["count", "scan", "grid_scan", "slit_scan", "area_step_scan", "fly_scan", "snake_fly"],
 )
 def test_demo_beamline_files_validate(session, plan):
     RE, devices = session.RE, session.devices

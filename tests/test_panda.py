@@ -8,10 +8,6 @@ this worker's may already serve the demo beamline); the child prints its results
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +18,7 @@ import h5py
 import numpy as np
 import pytest
 from event_model import DocumentNames, schema_validators
-
-from hutch.ca import ca_server_env
-from hutch.simulators import ca_read
+from ioc_process import run_client, serving
 
 PANDA = "TEST:PANDA1"
 MOTOR = "TEST:M1"
@@ -78,58 +72,22 @@ def call(coro, timeout=60):
     return asyncio.run_coroutine_threadsafe(coro, RE.loop).result(timeout=timeout)
 """
 
-CLIENT_EPILOGUE = """
-def plain(value):
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    return str(value)
-
-print(json.dumps({"docs": docs, **result}, default=plain))
-"""
-
 
 @pytest.fixture(scope="module")
 def panda_port(free_port, tmp_path_factory) -> Iterator[int]:
     """The port of a simulator serving the motor and the PandA reading it on encoder 1."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("panda-sim") / "sim.log"
-    env = {**os.environ, **ca_server_env(port)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SIM_SCRIPT], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ca_read(f"{PANDA}:PCAP:ACTIVE", port, timeout=1.0)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"simulator did not come up:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
+    with serving(
+        SIM_SCRIPT,
+        free_port(),
+        f"{PANDA}:PCAP:ACTIVE",
+        tmp_path_factory.mktemp("panda-sim") / "sim.log",
+    ) as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
-def run_client(port: int, directory: Path, body: str, *args: Any) -> dict[str, Any]:
+def client(port: int, directory: Path, body: str, *args: Any) -> dict[str, Any]:
     """Run ``body`` in a child with a RunEngine and CA on ``port``; its JSON output."""
-    script = CLIENT_PRELUDE + body + CLIENT_EPILOGUE
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(port), str(directory), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"client failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_client(CLIENT_PRELUDE, body, port, directory, *args)
 
 
 def stream_data(docs: list[list[Any]]) -> dict[str, tuple[Path, str, list[tuple[int, int]]]]:
@@ -208,7 +166,7 @@ def test_pcomp_fly_captures_each_compare_point_once(panda_port, tmp_path):
     """A motor flown at constant velocity through N compare points: N pulses, N captured
     positions (each on its compare point to one encoder count), increasing timestamps, and
     stream documents covering exactly the N rows of the HDF5 file."""
-    out = run_client(panda_port, tmp_path, FLY)
+    out = client(panda_port, tmp_path, FLY)
     assert out["exit"] == "success"
     n, start, step = 20, 1.4, 0.05
     assert out["num_captured"] == n
@@ -276,7 +234,7 @@ result["unsupported"] = call(unsupported())
 def test_seq_table_of_timed_pulses(panda_port, tmp_path):
     """A sequencer table of timed pulses, repeated: exactly the expected count captured, at
     exactly the table's times."""
-    out = run_client(panda_port, tmp_path, SEQ)
+    out = client(panda_port, tmp_path, SEQ)
     assert out["exit"] == "success"
     n = 2 * (30 + 20)
     assert out["num_captured"] == n
@@ -351,7 +309,7 @@ def test_clock_at_1mhz_captured_without_loss(panda_port, tmp_path):
     """CLOCK1 at 1 MHz for 0.5 s into PCAP and HDF5: every pulse the TTL output produced is
     captured, flushed and in the file exactly once (timestamps exactly one period apart)."""
     period, seconds = 1e-6, 0.5
-    out = run_client(panda_port, tmp_path, CLOCK, period, seconds)
+    out = client(panda_port, tmp_path, CLOCK, period, seconds)
     expected = out["expected"]
     assert expected >= 0.4 * seconds / period  # the clock ran (however busy the machine)
     assert out["num_captured"] == expected

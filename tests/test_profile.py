@@ -60,7 +60,7 @@ def test_missing_key_and_bad_type(tmp_path):
 
 
 def test_unknown_plan_and_dangling_reference(tmp_path):
-    path = _broken(tmp_path, '"align"]', '"align", "teleport"]')
+    path = _broken(tmp_path, '"snake_fly_scan",', '"snake_fly_scan", "teleport",')
     with pytest.raises(ProfileError, match="unknown plan.*'teleport'"):
         load_profile(path)
     path = _broken(tmp_path, 'axis = "sample_x"', 'axis = "sample_z"')

@@ -15,6 +15,7 @@ from hutch import plans
 from hutch.catalog import documents_of
 from hutch.devices import DeviceConnectionError, connect_devices, make_devices
 from hutch.profile import load_profile
+from hutch.session import detector_paths
 
 
 def _collect(RE):
@@ -204,7 +205,7 @@ def test_missing_pvs_fail_fast_and_are_all_listed(session, tmp_path):
     )
     path = tmp_path / "ghosts.toml"
     path.write_text(text)
-    devices = make_devices(load_profile(path))
+    devices = make_devices(load_profile(path), detector_paths(session.settings))
     started = time.monotonic()
     with pytest.raises(DeviceConnectionError) as info:
         call_in_bluesky_event_loop(connect_devices(devices, timeout=3.0))

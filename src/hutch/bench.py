@@ -418,14 +418,18 @@ def _ca_tables(
                     EpicsMotor(motor.prefix, name="classic_motor"),
                 )
                 call_in_bluesky_event_loop(connect_devices({d.name: d for d in classic}))
+            # What latency and sim-scan change, put back after them: the fly table needs the
+            # motor's VMAX and acceleration as the profile sets them up.
+            fields = [f"{motor.prefix}.{f}" for f in ("VMAX", "VELO", "VBAS", "ACCL")]
+            fields.append(f"{scaler.prefix}.TP")
             if "latency" in tables:
-                with stopwatch(seconds, "latency"):
+                with stopwatch(seconds, "latency"), _put_back(fields):
                     rows += _latency(motor, scaler, ops)
             if "softioc-scan" in tables:
                 with stopwatch(seconds, "softioc-scan"):
                     rows += _softioc_step_scan(bare.RE, points)
             if "sim-scan" in tables:
-                with stopwatch(seconds, "sim-scan"):
+                with stopwatch(seconds, "sim-scan"), _put_back(fields):
                     rows += _step_scan(profile, settings, bare, classic, motor, scaler, points)
             if "fly" in tables:
                 from hutch.bench_fly import fly_throughput
@@ -435,6 +439,18 @@ def _ca_tables(
         finally:
             stop_catalog(settings)
     return rows
+
+
+@contextlib.contextmanager
+def _put_back(pvs: list[str]) -> Iterator[None]:
+    """Put the values ``pvs`` have now back after the ``with`` block, in their order."""
+    saved = {pv: epics.caget(pv, timeout=10) for pv in pvs}
+    try:
+        yield
+    finally:
+        for pv, value in saved.items():
+            if value is not None:
+                epics.caput(pv, value, wait=True)
 
 
 def _latency(motor: DeviceSpec, scaler: DeviceSpec, ops: int) -> list[BenchRow]:

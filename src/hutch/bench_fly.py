@@ -295,10 +295,7 @@ def _area_detector(
     step = _STEP_COUNTS * abs(scale)
     start = -(frames // 2) * step  # centred on 0, well inside the demo stage's soft limits
     stop = start + (frames - 1) * step
-    # Triggers TRIGGER_MARGIN slower than the nominal rate, as fly_scan given a velocity
-    # leaves: exactly one exposure + readout apart, float rounding makes the simulated
-    # detector, like a real one, miss some as too early.
-    velocity = step * (1 - TRIGGER_MARGIN) / (EXPOSURE + readout)
+    # Given the exposure, fly_scan triggers TRIGGER_MARGIN slower than the nominal rate.
     table = (
         f"Area detector fly scan ({detector.name}, triggers at {1 - TRIGGER_MARGIN:.0%} of its "
         "nominal rate): frames written and catalogued / run wall time (NeXus, catalogue, plot)"
@@ -328,7 +325,6 @@ def _area_detector(
                 last,
                 num,
                 panda=panda,
-                velocity=velocity,
                 exposure=EXPOSURE,
             )
 

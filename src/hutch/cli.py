@@ -257,6 +257,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         ops=args.ops,
         events=args.events,
         search_runs=args.runs,
+        fly_seconds=args.fly_seconds,
+        fly_frames=args.frames,
         data_dir=Settings.from_env(args.data_dir).data_dir,
         as_json=args.json,
     )
@@ -294,8 +296,10 @@ def _bench_epilog() -> str:
 def _cmd_profile(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     print(f"{profile.path}: profile {profile.name!r} is valid")
+    several = len(profile.iocs) > 1
     for spec in profile.devices:
-        print(f"  {spec.name:14} {spec.cls:34} {spec.prefix}")
+        ioc = f"  (IOC {spec.ioc})" if several else ""
+        print(f"  {spec.name:14} {spec.cls:34} {spec.prefix}{ioc}")
     print(f"  plans: {', '.join(profile.plans)}")
     return 0
 
@@ -422,7 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure hutch against baselines measured in the same run (CA latency, step "
-        "scans, NeXus writing, catalogue ingest and search)",
+        "scans, NeXus writing, catalogue ingest and search, fly scans)",
         description=textwrap.fill(
             "Measure the named tables (default: all) and print each row beside its "
             "baseline, measured in the same run: against a private simulator, C softIoc "
@@ -452,6 +456,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runs", type=_bench_count, default=10_000, help="runs in the search table's catalogue"
+    )
+    p.add_argument(
+        "--fly-seconds",
+        type=float,
+        default=None,
+        help="seconds the fly table's PandA captures at 1 MHz (default 3)",
+    )
+    p.add_argument(
+        "--frames",
+        type=_bench_count,
+        default=None,
+        help="frames of the fly table's area-detector fly scan (default 300)",
     )
     p.add_argument(
         "--data-dir",

@@ -192,7 +192,8 @@ def _timing(
             f"{plan}: velocity {velocity:g} {axis.units}/s exceeds {axis.name}'s maximum "
             f"velocity (VMAX) {axis.max_velocity:g} {axis.units}/s"
         )
-    if exposure <= 0 or period * usable < exposure + deadtime:
+    # (A relative 1e-9: a period computed from exactly these numbers must pass.)
+    if exposure <= 0 or period * usable * (1 + 1e-9) < exposure + deadtime:
         fastest = (max(exposure, 0) + deadtime) / usable
         raise ScanArgumentError(
             f"{plan}: velocity {velocity:g} {axis.units}/s triggers every {period * 1e3:.4g} ms "

@@ -2,26 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
+from hutch_command import hutch as _hutch
 
 from hutch.ca import ca_client_env
-
-HUTCH = [sys.executable, "-m", "hutch.cli"]
-
-
-def _hutch(*args, env, timeout=600, check=True):
-    proc = subprocess.run([*HUTCH, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"hutch {' '.join(args)} exited {proc.returncode}\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
-    return proc
 
 
 def _env(tmp_path, free_port, ca_port):

@@ -17,6 +17,7 @@ from hutch.bench_tables import DEFAULT_TABLES, TABLES
 from hutch.config import Settings
 from hutch.errors import HutchError
 from hutch.profile import Profile, ProfileError, load_profile
+from hutch.queue.cli import register as register_queue
 from hutch.runplan import PlanArgumentError
 
 __all__ = ["main"]
@@ -293,6 +294,14 @@ def _bench_epilog() -> str:
     return "\n".join(lines)
 
 
+def _cmd_shell(args: argparse.Namespace) -> int:
+    from hutch.shell import run_shell
+
+    return run_shell(
+        args.profile, args.data_dir, sim=args.sim, port=args.port, connect_timeout=args.timeout
+    )
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     print(f"{profile.path}: profile {profile.name!r} is valid")
@@ -480,6 +489,39 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="validate and show a beamline profile")
     _common(p, port=False)
     p.set_defaults(func=_cmd_profile)
+
+    register_queue(sub)
+
+    p = sub.add_parser(
+        "shell",
+        help="an IPython session on the beamline: devices, plans, RE, catalog, magics",
+        description="Start IPython with the profile's devices (connected; those that do not "
+        "connect are listed), its plans, bluesky's plan stubs as bps, the RunEngine RE "
+        "(live table, NeXus, plots, catalogue), catalog (recent runs: catalog[-1]), "
+        "proposal()/sample()/operator() (kept across sessions) and the magics %%wa, %%mov, "
+        "%%movr, %%ct.",
+    )
+    p.add_argument("--profile", default="demo", help="beamline profile name or path")
+    p.add_argument(
+        "--data-dir", help="where data, catalogue and state live ($HUTCH_DATA_DIR, ./hutch-data)"
+    )
+    p.add_argument(
+        "--sim",
+        action="store_true",
+        help="start the profile's simulator if it is not up (it stops with the shell)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        help="Channel Access port of the simulator ($HUTCH_CA_PORT, else the profile's)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to connect all devices (default 5)",
+    )
+    p.set_defaults(func=_cmd_shell)
     return parser
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "PeakModel",
     "Profile",
     "ProfileError",
+    "QueueGroup",
+    "QueueSpec",
     "SimulationSpec",
     "SuspenderSpec",
     "find_profile",
@@ -164,6 +166,40 @@ class SimulationSpec(_Strict):
     peak: PeakModel | None = None
 
 
+class QueueGroup(_Strict):
+    """One user group of the queue server: what its API key may do, and which plans it may
+    queue (``None``: all the profile's plans)."""
+
+    role: Literal["admin", "scientist", "observer"]
+    """admin: everything, scientist: edit and run the queue, observer: read only."""
+    plans: list[str] | None = None
+
+
+def _default_groups() -> dict[str, QueueGroup]:
+    return {
+        "admin": QueueGroup(role="admin"),
+        "scientist": QueueGroup(role="scientist"),
+        "observer": QueueGroup(role="observer", plans=[]),
+    }
+
+
+class QueueSpec(_Strict):
+    """How ``hutch queue up`` serves this beamline: its user groups (each gets an API key)."""
+
+    groups: dict[str, QueueGroup] = Field(default_factory=_default_groups)
+    default_group: str = "admin"
+    """The group of hutch's own commands (``hutch queue add``, ``load``, ...)."""
+
+    @model_validator(mode="after")
+    def _groups(self) -> QueueSpec:
+        for name in self.groups:
+            if not name.isalnum() or name == "root":
+                raise ValueError(f"group name {name!r} must be alphanumeric and not 'root'")
+        if self.default_group not in self.groups:
+            raise ValueError(f"default_group {self.default_group!r} is not in queue.groups")
+        return self
+
+
 #: Metadata that identifies a run: what a run's start document carries when the session has it.
 STANDARD_METADATA = ("facility", "beamline", "proposal", "sample", "operator")
 #: Start-document keys the RunEngine fills for every run: requiring them means nothing.
@@ -237,6 +273,7 @@ class Profile(_Strict):
     """Devices read at the start and end of every run (bluesky's baseline stream)."""
     suspenders: list[SuspenderSpec] = []
     simulation: SimulationSpec = SimulationSpec()
+    queue: QueueSpec = QueueSpec()
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("plans")
@@ -266,6 +303,13 @@ class Profile(_Strict):
                 raise ValueError(
                     f"suspenders.{i}.device names device {suspender.device!r}, "
                     "which is not in [[devices]]"
+                )
+        for group_name, group in self.queue.groups.items():
+            unoffered = [p for p in group.plans or () if p not in self.plans]
+            if unoffered:
+                raise ValueError(
+                    f"queue.groups.{group_name}.plans names plan(s) the profile does not offer: "
+                    f"{', '.join(unoffered)}"
                 )
         peak = self.simulation.peak
         if peak is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from hutch import plans
 from hutch.profile import Profile
 
-__all__ = ["PlanArgumentError", "build_plan", "parse_params", "resolve_devices"]
+__all__ = ["PlanArgumentError", "build_plan", "check_call", "parse_params", "resolve_devices"]
 
 
 class PlanArgumentError(ValueError):
@@ -83,20 +83,32 @@ def parse_params(
     return args, kwargs
 
 
-def build_plan(profile: Profile, devices: Mapping[str, Any], name: str, tokens: Sequence[str]):
-    """The plan ``name`` of the profile called with ``tokens``, arguments checked before
-    anything runs."""
+def check_call(profile: Profile, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]):
+    """The plan function ``name`` of the profile, once ``args`` and ``kwargs`` are known to fit
+    its signature; raises `PlanArgumentError` saying what does not."""
     if name not in profile.plans:
         raise PlanArgumentError(
             f"plan {name!r} is not offered by profile {profile.name!r} "
             f"(offered: {', '.join(profile.plans)})"
         )
     plan = getattr(plans, name)
-    args, kwargs = parse_params(tokens, devices)
-    args = resolve_devices(args, devices)
-    kwargs = resolve_devices(kwargs, devices)
     try:
         inspect.signature(plan).bind(*args, **kwargs)
     except TypeError as exc:
-        raise PlanArgumentError(f"plan {name}{inspect.signature(plan)}: {exc}") from None
+        # Parameter names only: the full annotations of bluesky's plans run to a screenful.
+        params = inspect.signature(plan).parameters.values()
+        names = ", ".join(str(p.replace(annotation=p.empty, default=p.empty)) for p in params)
+        raise PlanArgumentError(f"plan {name}({names}): {exc}") from None
+    return plan
+
+
+def build_plan(profile: Profile, devices: Mapping[str, Any], name: str, tokens: Sequence[str]):
+    """The plan ``name`` of the profile called with ``tokens``, arguments checked before
+    anything runs."""
+    if name not in profile.plans:  # before the arguments: the plan is the first thing wrong
+        check_call(profile, name, (), {})
+    args, kwargs = parse_params(tokens, devices)
+    args = resolve_devices(args, devices)
+    kwargs = resolve_devices(kwargs, devices)
+    plan = check_call(profile, name, args, kwargs)
     return plan(*args, **kwargs)

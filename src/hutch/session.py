@@ -14,6 +14,7 @@ from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.preprocessors import SupplementalData
 from bluesky.run_engine import RunEngineResult, call_in_bluesky_event_loop
+from bluesky.utils import PersistentDict
 from event_model import DocumentRouter
 from ophyd_async.core import PathProvider, StaticPathProvider, UUIDFilenameProvider
 
@@ -27,7 +28,13 @@ from hutch.profile import Profile
 from hutch.recorder import Recorder, RecorderConfig
 from hutch.suspenders import make_suspender
 
-__all__ = ["MissingMetadataError", "RequiredMetadata", "RunRecord", "Session"]
+__all__ = [
+    "MissingMetadataError",
+    "RequiredMetadata",
+    "RunRecord",
+    "Session",
+    "metadata_store",
+]
 
 patches.apply()
 
@@ -88,6 +95,12 @@ def detector_paths(settings: Settings) -> PathProvider:
     acquisition under ``settings.detector_dir``, which the catalogue serves."""
     settings.detector_dir.mkdir(parents=True, exist_ok=True)
     return StaticPathProvider(UUIDFilenameProvider(), settings.detector_dir)
+
+
+def metadata_store(settings: Settings, profile_name: str) -> Path:
+    """Where a session with ``persist_md`` keeps ``RE.md`` of the beamline ``profile_name``
+    between processes (bluesky's ``PersistentDict``: one file per key)."""
+    return settings.run_dir / "metadata" / profile_name
 
 
 class MissingMetadataError(HutchError, ValueError):
@@ -154,6 +167,13 @@ class Session:
     (``session.suspenders``): a beam dump suspends
     a run instead of recording points without beam. ``session.close()`` (or the end of a
     ``with Session(...)`` block) stops the recorder.
+
+    With ``raise_on_failure=False`` devices that do not connect are kept in
+    ``session.connection_failures`` (name: missing PVs) instead of failing the session; the
+    rest stay usable (a suspender watching a missing device is not installed). With
+    ``persist_md`` ``RE.md`` is kept on disk (`metadata_store`): what a user set
+    (``RE.md["proposal"] = ...``, the scan id) is there in the next session, and the profile's
+    ``[metadata]`` only fills the keys not stored yet.
     """
 
     def __init__(
@@ -167,14 +187,26 @@ class Session:
         catalog: bool = True,
         connect: bool = True,
         connect_timeout: float = 10.0,
+        raise_on_failure: bool = True,
         md: dict[str, Any] | None = None,
         RE: RunEngine | None = None,
+        persist_md: bool = False,
     ) -> None:
         self.profile = profile
         self.settings = settings or Settings.from_env()
         # The queue server and tests bring their own RunEngine; it must return results.
         self.RE = RE or RunEngine(call_returns_result=True)
-        self.RE.md.update(profile.metadata.model_dump(exclude_none=True))
+        defaults = profile.metadata.model_dump(exclude_none=True)
+        self._stored_md: PersistentDict | None = None
+        if persist_md:
+            store = metadata_store(self.settings, profile.name)
+            store.mkdir(parents=True, exist_ok=True)
+            self._stored_md = PersistentDict(str(store))
+            # What the user set last time wins over the profile's defaults.
+            defaults = {k: v for k, v in defaults.items() if k not in self._stored_md}
+            self._stored_md.update(self.RE.md)
+            self.RE.md = self._stored_md
+        self.RE.md.update(defaults)
         self.RE.md.update(profile=profile.name, hutch_version=hutch.__version__)
         self.RE.md["devices"] = devices_metadata(profile)  # NeXus classes, prefixes
         self.RE.md.update(md or {})
@@ -185,10 +217,13 @@ class Session:
 
         self._runs = _RunLog()
         self._tokens = [self.RE.subscribe(self._runs)]
+        self.live_table: BestEffortCallback | None = None
         if live_table:
-            bec = BestEffortCallback()
-            bec.disable_plots()  # the recorder saves the plots; the table is the live view
-            self._tokens.append(self.RE.subscribe(bec))
+            self.live_table = BestEffortCallback()
+            # The recorder saves the plots; the table is the live view (an interactive shell
+            # may turn the live plots on: ``session.live_table.enable_plots()``).
+            self.live_table.disable_plots()
+            self._tokens.append(self.RE.subscribe(self.live_table))
         self.catalog: CatalogConfig | None = None
         if catalog:
             self.catalog = ensure_catalog(self.settings)
@@ -215,9 +250,13 @@ class Session:
         self.connection_failures: dict[str, list[str]] = {}
         self.suspenders = []
         if connect:
-            self.connect(connect_timeout)
+            self.connect(connect_timeout, raise_on_failure=raise_on_failure)
             # Suspenders watch live signals: only once they are connected.
-            self.suspenders = [make_suspender(s, self.devices) for s in profile.suspenders]
+            self.suspenders = [
+                make_suspender(s, self.devices)
+                for s in profile.suspenders
+                if s.device not in self.connection_failures
+            ]
             for suspender in self.suspenders:
                 self.RE.install_suspender(suspender)
         if self.recorder:
@@ -240,8 +279,8 @@ class Session:
         ]
 
     def close(self) -> None:
-        """Unsubscribe the session's callbacks from ``RE``, let the recorder finish writing
-        and stop it (the recorder also stops when the process exits)."""
+        """Unsubscribe the session's callbacks from ``RE``, write persisted metadata to disk,
+        let the recorder finish writing and stop it (it also stops when the process exits)."""
         for token in self._tokens:
             self.RE.unsubscribe(token)
         self._tokens.clear()
@@ -250,6 +289,13 @@ class Session:
             if preprocessor in self.RE.preprocessors:
                 self.RE.preprocessors.remove(preprocessor)
         self._preprocessors.clear()
+        if self._stored_md is not None:
+            self._stored_md.flush()  # values changed in place (RE.md["versions"]) too
+            if self.RE.md is self._stored_md:
+                # The RunEngine keeps a plain copy: the store is released now, its files final
+                # before another session (of this process or the next) opens them.
+                self.RE.md = dict(self._stored_md)
+            self._stored_md = None
         if self.recorder:
             self.recorder.close()
 

@@ -60,6 +60,10 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     fly = summary["runs"][6]
     assert fly["frames"] == {"points": 61, "data_key": "det1"}
     assert "VMAX" in summary["refused_fly_scan"]
+    # The queue server ran a sample list and a scan sent over HTTP into the same catalogue.
+    queue = summary["queue"]
+    assert queue["exit_statuses"] == ["completed"] * 4
+    assert (queue["unauthenticated_status"], queue["observer_start_status"]) == (401, 403)
     _hutch("catalog", "down", env=env)
     # The simulator the demo started ended with it.
     deadline = time.monotonic() + 30

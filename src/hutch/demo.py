@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import socket
 import sys
 import threading
 import time
@@ -184,6 +185,14 @@ def _print_data_management(summary: DemoSummary, out) -> None:
         print(f"\nrefused     {(e['refused_run'] or 'NOT refused').splitlines()[0]}", file=out)
     for label, uids in e.get("searches", {}).items():
         print(f"search      {label}: {len(uids)} of this demo's runs", file=out)
+    if "queue" in e:
+        q = e["queue"]
+        print(
+            f"queue       {len(q['items'])} items ({', '.join(q['items'])}) via {q['http_uri']}: "
+            f"{', '.join(q['exit_statuses'])} in {q['seconds']:g} s; no key "
+            f"{q['unauthenticated_status']}, observer starting it {q['observer_start_status']}",
+            file=out,
+        )
     if "export" in e:
         x = e["export"]
         same = "equal to the live file" if not x["differences"] else "DIFFERS from the live file"
@@ -306,6 +315,7 @@ def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None
     if session.suspenders:
         _beam_dump_run(profile, session, summary, record, det)
     _fly_runs(session, summary, record)
+    _queued_runs(profile, session, summary, det)
     _data_management(session, summary, det)
 
 
@@ -381,6 +391,96 @@ def _fly_runs(session: Session, summary: DemoSummary, record: Callable[..., Demo
         and RE(bps.rd(x.user_readback)).plan_result == before,
         refused or "not refused",
     )
+
+
+#: The demo's sample list: one queued count per row, each with its sample.
+SAMPLE_LIST = """plan,params,sample,num
+count,[det],Si powder,2
+count,[det],LaB6,2
+count,[det],CeO2,2
+"""
+
+
+def _queued_runs(profile: Profile, session: Session, summary: DemoSummary, det: Any) -> None:
+    """The same beamline run unattended from the queue server: Redis, bluesky-queueserver's
+    RE Manager (its startup built from the profile) and bluesky-httpserver come up, a sample
+    list and a plan sent over the HTTP API run, each run lands in the same catalogue; the API
+    refuses a caller without a key (401) and an observer starting the queue (403)."""
+    import httpx
+
+    from hutch.queue import services as queue
+    from hutch.queue.client import manager_api
+    from hutch.queue.samples import load_sample_list
+
+    settings = session.settings
+    own = queue.status(profile.name, settings) is None
+    # Free ports, not bluesky-queueserver's defaults: a queue server of another data
+    # directory may hold those.
+    ports = queue.QueuePorts(
+        **{k: _free_port() for k in ("http_port", "zmq_port", "zmq_info_port")}
+    )
+    state = queue.start(profile, settings, ports) if own else queue.status(profile.name, settings)
+    assert state is not None
+    samples = settings.data_dir / "demo-samples.csv"
+    samples.write_text(SAMPLE_LIST)
+    api = manager_api(state)
+    try:
+        items = [item.to_item() for item in load_sample_list(profile, samples)]
+        api.item_add_batch(items)
+        http = httpx.Client(base_url=f"{state.http_uri}/api", trust_env=False, timeout=60)
+        key = {"Authorization": f"ApiKey {state.api_key}"}
+        scan = {"item_type": "plan", "name": "scan", "args": [[det.name], "sample_x", 1, 4, 7],
+                "meta": {"sample": "queued over HTTP"}}  # fmt: skip
+        added = http.post("/queue/item/add", json={"item": scan}, headers=key).json()
+        anonymous = http.post("/queue/start").status_code
+        observer = queue.api_key(profile.name, settings, "observer")
+        forbidden = http.post(
+            "/queue/start", headers={"Authorization": f"ApiKey {observer}"}
+        ).status_code
+        started = time.monotonic()
+        http.post("/queue/start", headers=key).raise_for_status()
+        api.wait_for_idle(timeout=600)
+        history = api.history_get()["items"][-len(items) - 1 :]
+        http.close()
+    finally:
+        api.close()
+        if own:
+            queue.stop(profile.name, settings)
+    done = [item.get("result", {}).get("exit_status") for item in history]
+    uids = [uid for item in history for uid in item.get("result", {}).get("run_uids", [])]
+    summary.extra["queue"] = {
+        "http_uri": state.http_uri,
+        "items": [item["name"] for item in history],
+        "exit_statuses": done,
+        "run_uids": uids,
+        "seconds": round(time.monotonic() - started, 1),
+        "unauthenticated_status": anonymous,
+        "observer_start_status": forbidden,
+    }
+    catalogued = [uid for uid in uids if uid in session.runs_container]
+    summary.check(
+        "queue: a 3-row sample list and a scan added over HTTP all completed",
+        added.get("success") is True and done == ["completed"] * 4 and len(uids) == 4,
+        f"{done}",
+    )
+    summary.check("queue: every queued run is in the catalogue", catalogued == uids, f"{uids}")
+    summary.check(
+        "queue: HTTP without a key gets 401, an observer starting the queue 403",
+        (anonymous, forbidden) == (401, 403),
+        f"{anonymous}, {forbidden}",
+    )
+    for uid in uids:
+        run = session.runs_container[uid]
+        summary.check(
+            f"queue: run {uid[:8]} ({run.metadata['start'].get('sample')}) exit_status success",
+            run.metadata["stop"]["exit_status"] == "success",
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _captured(run: DemoRun, name: str) -> np.ndarray | None:

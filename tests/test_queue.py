@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,10 +115,20 @@ def test_items_from_http_and_cli_run_and_land_in_the_catalogue(stack):
     assert response.status_code == 200 and response.json()["success"], response.text
     _hutch("add", "scan", "[det]", "sample_x", "0", "2", "num=5", "--md", "sample=via CLI",
            env=stack.env)  # fmt: skip
+    # bluesky-queueserver's own CLI, unchanged (its requests name the group "primary").
+    qserver = subprocess.run(
+        [str(Path(sys.executable).with_name("qserver")), "-a", stack.state.zmq_control,
+         "queue", "add", "plan", json.dumps({"name": "count", "args": [["det"]],
+                                             "kwargs": {"num": 2}})],
+        env=stack.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert qserver.returncode == 0 and "'success': True" in qserver.stdout, qserver.stdout
 
-    history = stack.run_queue(before + 2)[-2:]
-    assert [h["name"] for h in history] == ["count", "scan"]
-    for entry, sample, events in zip(history, ["via HTTP", "via CLI"], [3, 5], strict=True):
+    history = stack.run_queue(before + 3)[-3:]
+    assert [h["name"] for h in history] == ["count", "scan", "count"]
+    for entry, sample, events in zip(
+        history, ["via HTTP", "via CLI", "demo sample"], [3, 5, 2], strict=True
+    ):
         assert entry["result"]["exit_status"] == "completed", entry["result"]
         (uid,) = entry["result"]["run_uids"]
         md = _catalogued(stack, uid)

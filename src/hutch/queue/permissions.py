@@ -12,7 +12,17 @@ from typing import Any
 
 from hutch.profile import Profile, QueueGroup
 
-__all__ = ["HTTP_ROLES", "GroupResourceAccess", "group_plans", "http_users", "user_groups_yaml"]
+__all__ = [
+    "HTTP_ROLES",
+    "QSERVER_GROUP",
+    "GroupResourceAccess",
+    "group_plans",
+    "http_users",
+    "user_groups_yaml",
+]
+
+#: The user group bluesky-queueserver's ``qserver`` command line sends with every request.
+QSERVER_GROUP = "primary"
 
 #: The HTTP server's built-in roles behind each hutch role. Its "admin" role only manages
 #: keys and principals, so hutch's admin is also an "expert" (every queue and manager call).
@@ -38,7 +48,10 @@ def user_groups_yaml(profile: Profile) -> str:
     """The RE Manager's user-group permissions file (YAML) for the profile's groups.
 
     ``root`` filters for every group: the profile's plans, its devices (and their
-    components), no private names. Then each group may queue its own plans.
+    components), no private names. Then each group may queue its own plans, and
+    ``primary`` (the group bluesky-queueserver's ``qserver`` CLI always sends) those of the
+    profile's default group: ``qserver`` works unchanged on the loopback-only control
+    socket, where any local client may name any group anyway.
     """
     devices = [":^" + spec.name + "$:?.*:depth=5" for spec in profile.devices]
     groups: dict[str, Any] = {
@@ -51,7 +64,9 @@ def user_groups_yaml(profile: Profile) -> str:
             "forbidden_functions": [":^_"],
         }
     }
-    for name, group in profile.queue.groups.items():
+    named = dict(profile.queue.groups)
+    named.setdefault(QSERVER_GROUP, profile.queue.groups[profile.queue.default_group])
+    for name, group in named.items():
         groups[name] = {
             "allowed_plans": _exact(group_plans(profile, group)),
             "forbidden_plans": [None],

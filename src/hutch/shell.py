@@ -4,8 +4,7 @@ One command gives a user the profile's devices (connected; the ones that are not
 not fatal), its plans, bluesky's plan stubs as ``bps``, the session's RunEngine as ``RE``,
 recent runs as ``catalog`` (``catalog[-1]``), ``proposal(...)``/``sample(...)``/
 ``operator(...)`` kept across sessions, and the magics of `hutch.magics` (``%wa``, ``%mov``,
-``%movr``, ``%ct``). The lead wires it into ``hutch`` with `register`; ``python -m
-hutch.shell`` runs it on its own.
+``%movr``, ``%ct``). ``hutch shell`` (``hutch.cli``) calls `run_shell`.
 """
 
 from __future__ import annotations

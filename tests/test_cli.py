@@ -55,7 +55,9 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
 
     # The catalogue (restarted on demand) lists the demo's runs.
     runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-    assert [r["uid"] for r in runs][-8:] == [run["uid"] for run in summary["runs"]]
+    # The demo's own runs, then the four it queued.
+    demo_uids = [run["uid"] for run in summary["runs"]]
+    assert [r["uid"] for r in runs][-12:] == demo_uids + summary["queue"]["run_uids"]
     # The fly scans: frames and captured positions, and a refused one.
     fly = summary["runs"][6]
     assert fly["frames"] == {"points": 61, "data_key": "det1"}

@@ -226,12 +226,23 @@ def _fly_info(row: _Row, step: float, num: int, timing: _Timing) -> FlyMotorInfo
 
 
 def _check_rows(
-    plan: str, axis: _Axis, rows: Sequence[_Row], step: float, num: int, timing: _Timing
+    plan: str,
+    axis: _Axis,
+    rows: Sequence[_Row],
+    step: float,
+    num: int,
+    timing: _Timing,
+    names: tuple[str, str] = ("start", "stop"),
 ) -> None:
+    """Every row's run-up and run-down within the soft limits; ``names`` are the plan's
+    parameters for the first and last position."""
+    first, last = names
     for row in rows:
         info = _fly_info(row, step, num, timing)
-        axis.check(plan, "start", info.ramp_up_start_pos(axis.acceleration_time), "with run-up ")
-        axis.check(plan, "stop", info.ramp_down_end_pos(axis.acceleration_time), "with run-down ")
+        # A snake's backward rows start at the last position: name what the user gave.
+        up, down = (first, last) if row.step_sign == rows[0].step_sign else (last, first)
+        axis.check(plan, up, info.ramp_up_start_pos(axis.acceleration_time), "with run-up ")
+        axis.check(plan, down, info.ramp_down_end_pos(axis.acceleration_time), "with run-down ")
 
 
 def _encoder(plan: str, panda: PandA, motor: Any, step: float) -> MsgGenerator[int]:
@@ -422,12 +433,7 @@ def snake_fly_scan(
         _Row(fast_start, fast_stop) if i % 2 == 0 else _Row(fast_stop, fast_start)
         for i in range(slow_num)
     ]
-    try:
-        _check_rows(plan, fast_axis, rows, step, fast_num, timing)
-    except ScanArgumentError as error:
-        raise ScanArgumentError(
-            str(error).replace(": start ", ": fast_start ", 1).replace(": stop ", ": fast_stop ", 1)
-        ) from None
+    _check_rows(plan, fast_axis, rows, step, fast_num, timing, ("fast_start", "fast_stop"))
 
     metadata = {
         "plan_name": plan,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from hutch.config import Settings
 from hutch.devices import Scaler, connect_devices
 from hutch.errors import HutchError
 from hutch.profile import DeviceSpec, Profile
+from hutch.services import free_port
 from hutch.session import Session
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "TABLES",
     "BenchRow",
     "BenchTableError",
-    "free_port",
     "run_bench",
     "stopwatch",
 ]
@@ -107,13 +106,6 @@ class _ClassicScaler(EpicsScaler):
     # ophyd's EpicsScaler waits for CNT to read back 1, which a zero-time count never
     # shows; a real scaler's put-callback completes when counting ends, so wait for that.
     count = Component(EpicsSignal, ".CNT", trigger_value=1, put_complete=True, kind="omitted")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a private server this bench starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ms_per(n: int, body: Callable[[], object]) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow
 from tiled.structures.core import Spec
 
-from hutch.bench import BenchRow, free_port
+from hutch.bench import BenchRow
 from hutch.bench_nexus import scan_documents
 from hutch.catalog import (
     DEFAULT_BATCH_SIZE,
@@ -32,6 +32,7 @@ from hutch.catalog import (
     stop_catalog,
 )
 from hutch.config import Settings
+from hutch.services import free_port
 
 __all__ = ["catalog_ingest"]
 

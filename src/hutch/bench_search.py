@@ -52,7 +52,7 @@ from bluesky_tiled_plugins.utils import truncate_json_overflow
 from event_model import ComposeDescriptorBundle, compose_run
 
 from hutch import services
-from hutch.bench import BenchRow, BenchTableError, free_port, stopwatch
+from hutch.bench import BenchRow, BenchTableError, stopwatch
 from hutch.catalog import (
     RUNS_SPEC,
     ensure_catalog,
@@ -63,6 +63,7 @@ from hutch.catalog import (
     stop_catalog,
 )
 from hutch.config import Settings
+from hutch.services import free_port
 
 __all__ = ["SEARCH_GOAL_MS", "SEARCH_RUNS", "populate", "search_latency"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 from bluesky.callbacks.fitting import PeakStats
 
-from hutch import plans, simulators
+from hutch import plans, services, simulators
 from hutch.ca import configure_ca_client
 from hutch.callbacks.nexus import nx_name
 from hutch.catalog import search_runs, stop_catalog
@@ -417,7 +416,7 @@ def _queued_runs(profile: Profile, session: Session, summary: DemoSummary, det: 
     # Free ports, not bluesky-queueserver's defaults: a queue server of another data
     # directory may hold those.
     ports = queue.QueuePorts(
-        **{k: _free_port() for k in ("http_port", "zmq_port", "zmq_info_port")}
+        **{k: services.free_port() for k in ("http_port", "zmq_port", "zmq_info_port")}
     )
     state = queue.start(profile, settings, ports) if own else queue.status(profile.name, settings)
     assert state is not None
@@ -475,12 +474,6 @@ def _queued_runs(profile: Profile, session: Session, summary: DemoSummary, det: 
             f"queue: run {uid[:8]} ({run.metadata['start'].get('sample')}) exit_status success",
             run.metadata["stop"]["exit_status"] == "success",
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _captured(run: DemoRun, name: str) -> np.ndarray | None:

@@ -12,12 +12,21 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["log_tail", "process_alive", "read_state", "spawn_detached", "terminate", "write_state"]
+__all__ = [
+    "free_port",
+    "log_tail",
+    "process_alive",
+    "read_state",
+    "spawn_detached",
+    "terminate",
+    "write_state",
+]
 
 
 def process_alive(pid: int, *, marker: bytes | None = None) -> bool:
@@ -128,3 +137,10 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(path)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a private server about to be started there."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

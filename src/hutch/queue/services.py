@@ -161,12 +161,6 @@ def stop(profile_name: str, settings: Settings) -> bool:
     return running
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def _check_port(host: str, port: int, what: str, variable: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,7 +212,7 @@ def _start_redis(directory: Path, deadline: float) -> tuple[str, int]:
             "the queue server needs Redis: install Debian's redis-server (`bash .ci/setup "
             "--tests` does, or apt-get install redis-server) or set HUTCH_QUEUE_REDIS=host:port"
         )
-    port = _free_port()
+    port = services.free_port()
     log = directory / "redis.log"
     # Loopback only, no persistence: the queue lives as long as this stack.
     command = [executable, "--port", str(port), "--bind", LOOPBACK, "--save", "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -19,15 +20,23 @@ from .nexus import nexus_class
 __all__ = ["DeviceConnectionError", "connect_devices", "devices_metadata", "make_devices"]
 
 
+def _pv_summary(pvs: list[str], shown: int = 3) -> str:
+    """A few PVs in full; more as their common prefix and count (a whole IOC missing is
+    hundreds of PVs: the prefix names it)."""
+    if not pvs:
+        return "no PV reported"
+    if len(pvs) <= shown:
+        return ", ".join(pvs)
+    prefix = os.path.commonprefix(pvs)
+    return f"{len(pvs)} PVs {prefix}* ({', '.join(pvs[:2])}, ...)"
+
+
 class DeviceConnectionError(ConnectionError):
     """Devices failed to connect; ``failures`` maps each device name to its missing PVs."""
 
     def __init__(self, failures: Mapping[str, list[str]], timeout: float) -> None:
         self.failures = dict(failures)
-        lines = [
-            f"{name}: {', '.join(pvs) if pvs else 'no PV reported'}"
-            for name, pvs in self.failures.items()
-        ]
+        lines = [f"{name}: {_pv_summary(pvs)}" for name, pvs in self.failures.items()]
         super().__init__(
             f"{len(self.failures)} device(s) did not connect within {timeout:g} s; "
             "missing PVs:\n  " + "\n  ".join(lines)

@@ -12,6 +12,8 @@ import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 from bluesky.callbacks.fitting import PeakStats
 
+from .checks import checked
+
 __all__ = ["AlignResult", "AlignmentError", "align"]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ def _hinted_field(obj: Any, role: str, field: str | None) -> str:
     return fields[0]
 
 
+@checked
 def align(
     motor: Any,
     detector: Any,

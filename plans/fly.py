@@ -35,7 +35,9 @@ from ophyd_async.core import (
 
 from hutch.devices.panda import PandA, PcompInfo
 
-__all__ = ["DeviceFailure", "ScanArgumentError", "fly_scan", "snake_fly_scan", "step_scan"]
+from .checks import Axis, ScanArgumentError, checked, read_axis
+
+__all__ = ["DeviceFailure", "fly_scan", "snake_fly_scan", "step_scan"]
 
 #: Seconds between two collections of a fly scan's frames while it runs: at most this much
 #: of the detectors' data is written but not yet referenced by the run if one of them dies.
@@ -43,13 +45,6 @@ FLUSH_PERIOD = 0.2
 #: Fraction of each trigger period kept free beyond the detectors' exposure and dead time:
 #: trigger times jitter a little, and a trigger during the dead time is lost.
 TRIGGER_MARGIN = 0.02
-
-
-class ScanArgumentError(ValueError):
-    """A scan argument the hardware cannot do; the message names the argument and the limit.
-
-    Raised before the run opens and before anything moves.
-    """
 
 
 class DeviceFailure(RuntimeError):
@@ -95,45 +90,6 @@ def _naming_failures(devices: Sequence[Any], plan: MsgGenerator) -> MsgGenerator
         raise DeviceFailure(f"{name} failed: {cause}") from error
 
 
-@dataclass(frozen=True)
-class _Axis:
-    """What a motor allows, read from it before the scan."""
-
-    name: str
-    units: str
-    low: float
-    high: float
-    max_velocity: float
-    acceleration_time: float
-
-    def check(self, plan: str, parameter: str, position: float, what: str = "") -> None:
-        if self.low == self.high == 0:  # the motor record's "no soft limits"
-            return
-        if not self.low <= position <= self.high:
-            raise ScanArgumentError(
-                f"{plan}: {parameter} {what}{position:g} {self.units} is outside {self.name}'s "
-                f"soft limits [{self.low:g}, {self.high:g}] {self.units}"
-            )
-
-
-def _count(plan: str, parameter: str, value: Any, least: int) -> int:
-    """``value`` as a number of points, at least ``least``."""
-    if not isinstance(value, int | float) or int(value) != value or value < least:
-        raise ScanArgumentError(
-            f"{plan}: {parameter} must be an integer of at least {least}, not {value!r}"
-        )
-    return int(value)
-
-
-def _axis(motor: Any) -> MsgGenerator[_Axis]:
-    low = yield from bps.rd(motor.low_limit_travel)
-    high = yield from bps.rd(motor.high_limit_travel)
-    vmax = yield from bps.rd(motor.max_velocity)
-    accl = yield from bps.rd(motor.acceleration_time)
-    units = yield from bps.rd(motor.motor_egu)
-    return _Axis(motor.name, units, low, high, vmax, accl)
-
-
 def _deadtime(plan: str, detector: StandardDetector, trigger: DetectorTrigger) -> MsgGenerator:
     (future,) = yield from bps.wait_for([detector.get_trigger_deadtime])
     triggers, deadtime = future.result()
@@ -158,7 +114,7 @@ class _Timing:
 def _timing(
     plan: str,
     detectors: Sequence[StandardDetector],
-    axis: _Axis,
+    axis: Axis,
     step: float,
     velocity: float | None,
     exposure: float | None,
@@ -167,10 +123,6 @@ def _timing(
     checked against VMAX and every detector's dead time."""
     if velocity is None and exposure is None:
         raise ScanArgumentError(f"{plan}: give velocity or exposure (or both)")
-    if velocity is not None and not velocity > 0:
-        raise ScanArgumentError(f"{plan}: velocity must be positive, not {velocity:g}")
-    if exposure is not None and not exposure > 0:
-        raise ScanArgumentError(f"{plan}: exposure must be positive, not {exposure:g} s")
     deadtimes = {}
     for detector in detectors:
         deadtimes[detector.name] = yield from _deadtime(
@@ -227,7 +179,7 @@ def _fly_info(row: _Row, step: float, num: int, timing: _Timing) -> FlyMotorInfo
 
 def _check_rows(
     plan: str,
-    axis: _Axis,
+    axis: Axis,
     rows: Sequence[_Row],
     step: float,
     num: int,
@@ -325,6 +277,7 @@ def _restoring_velocity(motor: Any, plan: MsgGenerator) -> MsgGenerator:
     return (yield from bpp.finalize_wrapper(plan, bps.mv(motor.velocity, velocity)))
 
 
+@checked
 def fly_scan(
     detectors: Sequence[StandardDetector],
     motor: Any,
@@ -345,12 +298,12 @@ def fly_scan(
     detectors allow is then used), or both. Returns the run's uid.
     """
     plan = "fly_scan"
-    num = _count(plan, "num", num, 2)
+    num = int(num)
     step = (stop - start) / (num - 1)
     if step == 0:
         raise ScanArgumentError(f"{plan}: start and stop are both {start:g}")
     encoder = yield from _encoder(plan, panda, motor, step)
-    axis = yield from _axis(motor)
+    axis = yield from read_axis(motor, motion=True)
     timing = yield from _timing(plan, detectors, axis, step, velocity, exposure)
     rows = [_Row(start, stop)]
     _check_rows(plan, axis, rows, step, num, timing)
@@ -389,6 +342,7 @@ def fly_scan(
     return (yield from _restoring_velocity(motor, inner()))
 
 
+@checked
 def snake_fly_scan(
     detectors: Sequence[StandardDetector],
     slow: Any,
@@ -413,16 +367,13 @@ def snake_fly_scan(
     Returns the run's uid.
     """
     plan = "snake_fly_scan"
-    slow_num, fast_num = (
-        _count(plan, "slow_num", slow_num, 1),
-        _count(plan, "fast_num", fast_num, 2),
-    )
+    slow_num, fast_num = int(slow_num), int(fast_num)
     step = (fast_stop - fast_start) / (fast_num - 1)
     if step == 0:
         raise ScanArgumentError(f"{plan}: fast_start and fast_stop are both {fast_start:g}")
     encoder = yield from _encoder(plan, panda, fast, step)
-    fast_axis = yield from _axis(fast)
-    slow_axis = yield from _axis(slow)
+    fast_axis = yield from read_axis(fast, motion=True)
+    slow_axis = yield from read_axis(slow)
     slow_positions = [
         slow_start + i * (slow_stop - slow_start) / max(slow_num - 1, 1) for i in range(slow_num)
     ]
@@ -479,6 +430,7 @@ def snake_fly_scan(
     return (yield from _restoring_velocity(fast, inner()))
 
 
+@checked
 def step_scan(
     detectors: Sequence[Any],
     motor: Any,
@@ -496,13 +448,6 @@ def step_scan(
     Returns the run's uid.
     """
     plan = "step_scan"
-    num = _count(plan, "num", num, 1)
-    if exposure is not None and not exposure > 0:
-        raise ScanArgumentError(f"{plan}: exposure must be positive, not {exposure:g} s")
-    if hasattr(motor, "low_limit_travel"):
-        axis = yield from _axis(motor)
-        axis.check(plan, "start", start)
-        axis.check(plan, "stop", stop)
     standard = [d for d in detectors if isinstance(d, StandardDetector)]
 
     @bpp.stage_decorator([*detectors, motor])

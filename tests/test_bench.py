@@ -1,6 +1,6 @@
-"""``hutch bench``'s NeXus throughput, fly scan and metadata search tables, run small: the
-rows are produced with positive numbers (their values are the bench's business, not the
-tests')."""
+"""``hutch bench``'s NeXus throughput, fly scan, metadata search and start-up tables, run
+small: the rows are produced with positive numbers (their values are the bench's business,
+not the tests')."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from hutch import bench_search
-from hutch.bench import BenchRow, run_bench
-from hutch.bench_search import search_latency
-from hutch.bench_tables import TABLES
+from hutch.bench import TABLES, BenchRow, run_bench
+from hutch.bench import search as bench_search
+from hutch.bench import startup as bench_startup
+from hutch.bench.search import search_latency
 from hutch.cli import main
 
 
@@ -23,6 +23,7 @@ def _private_catalogue(monkeypatch, free_port):
     monkeypatch.delenv("HUTCH_CATALOG_URI", raising=False)
     monkeypatch.delenv("HUTCH_CATALOG_API_KEY", raising=False)
     monkeypatch.setattr(bench_search, "free_port", free_port)
+    monkeypatch.setattr(bench_startup, "free_port", free_port)
 
 
 def test_help_names_every_table(capsys):
@@ -57,11 +58,11 @@ _FLY = """
 import sys
 from pathlib import Path
 
-import hutch.bench
+import hutch.bench.ca
 from hutch.profile import load_profile
 
 data_dir, *ports = sys.argv[1:]
-hutch.bench.free_port = lambda: int(ports.pop())
+hutch.bench.ca.free_port = lambda: int(ports.pop())
 hutch.bench.run_bench(load_profile("demo"), tables=["fly"], fly_seconds=0.3, fly_frames=50,
                       data_dir=Path(data_dir), as_json=True)
 """
@@ -118,3 +119,22 @@ def test_search_over_a_small_catalogue(tmp_path):
     marker = json.loads((home / "populated.json").read_text())
     assert marker["version"] == home.name and marker["runs"] == 60 and marker["queries"]
     assert (home / "catalog" / "catalog.db").is_file()
+
+
+def test_startup_table(demo_profile, tmp_path, capsys):
+    """hutch shell, hutch run and hutch queue up, each started once beside the baseline, on
+    the table's own simulator, catalogue and queue ports."""
+    rows = run_bench(demo_profile, tables=["startup"], startup_tries=1, data_dir=tmp_path)
+    assert [r.name for r in rows] == [
+        'python -c "import bluesky, ophyd_async"',
+        "hutch shell, to its first prompt",
+        "hutch run count '[det]', end to end",
+        "hutch queue up, to ready",
+    ]
+    for row in rows:
+        assert row.unit == "median s" and 0 < row.ms <= row.worst_ms and row.ratio > 0
+    assert [r.max_ms for r in rows] == [None, 5000, 5000, 15000]
+    assert all(r.met is not None for r in rows[1:])
+    out = capsys.readouterr().out
+    assert "Start-up" in out and "Run time: startup" in out
+    assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"

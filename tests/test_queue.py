@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hutch_command import hutch
+from hutch_command import HUTCH, hutch
 
 from hutch.ca import ca_client_env
-from hutch.catalog import ensure_catalog, runs_container, stop_catalog
+from hutch.catalog import ensure_catalog, get_run, runs_container, stop_catalog
 from hutch.config import Settings
 from hutch.queue.client import manager_api
 from hutch.queue.services import QueueState, api_key, status
+from hutch.scan_ids import scan_counter
 
 DEADLINE = 300.0  # seconds for a queue to run: generous on a busy 2-core machine
 
@@ -234,18 +236,15 @@ def test_a_bad_sample_list_is_refused_whole_with_row_numbers(stack, tmp_path):
 
 def test_a_failing_plan_leaves_the_queue_consistent_and_the_environment_reopens(stack):
     before = stack.manager_status()["items_in_history"]
-    # sample_x travels -10..10 mm: the scan fails at its fourth point, mid-run.
+    # sample_x travels -10..10 mm: the worker refuses the scan before its run opens.
     _hutch("add", "scan", "[det]", "sample_x", "0", "20", "num=5", env=stack.env)
     _hutch("add", "count", "[det]", "num=2", env=stack.env)
     history = stack.run_queue(before + 1)
     failed = history[-1]
     assert failed["name"] == "scan"
     assert failed["result"]["exit_status"] == "failed"
-    assert "MotorLimitsError" in failed["result"]["msg"]
-    (uid,) = failed["result"]["run_uids"]
-    md = _catalogued(stack, uid)
-    assert md["stop"]["exit_status"] == "fail"
-    assert md["stop"]["num_events"]["primary"] == 3  # the points before the limit are kept
+    assert "scan: sample_x stop 20 mm is outside sample_x's soft limits" in failed["result"]["msg"]
+    assert failed["result"]["run_uids"] == []  # nothing moved, no run opened
     # The queue stopped at the failure, the RE Manager's way: the failed item is back at the
     # front of the queue (a new uid), the next one behind it. Drop the failed one; the next runs.
     status = stack.manager_status()
@@ -275,3 +274,69 @@ def test_a_failing_plan_leaves_the_queue_consistent_and_the_environment_reopens(
     last = stack.run_queue(before + 3)[-1]
     assert last["result"]["exit_status"] == "completed"
     assert _catalogued(stack, last["result"]["run_uids"][0])["start"]["sample"] == "after reopen"
+
+
+def test_hutch_run_processes_and_the_queue_take_consecutive_scan_numbers(stack):
+    """Two ``hutch run`` started together, then a queued plan, in one data directory: each
+    run has a number of its own, in its start document, file name and catalogue lookup."""
+    first = scan_counter(stack.settings.run_dir, "demo").last() + 1
+    runs = [
+        subprocess.Popen([*HUTCH, "run", "count", "[det]", "-q"], env=stack.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err
+    starts = [_catalogued(stack, out.split()[-1])["start"] for out, _ in outputs]
+    assert sorted(start["scan_id"] for start in starts) == [first, first + 1]
+
+    before = stack.manager_status()["items_in_history"]
+    _hutch("add", "count", "[det]", "num=1", env=stack.env)
+    entry = stack.run_queue(before + 1)[-1]
+    assert entry["result"]["exit_status"] == "completed", entry["result"]
+    (uid,) = entry["result"]["run_uids"]
+    starts.append(_catalogued(stack, uid)["start"])
+    assert starts[-1]["scan_id"] == entry["result"]["scan_ids"][0] == first + 2
+
+    container = runs_container(ensure_catalog(stack.settings), "demo")
+    for start in starts:
+        number, uid = start["scan_id"], start["uid"]
+        assert (stack.data / "nexus" / f"demo_{number:05d}_{uid[:8]}.nxs").is_file()
+        assert get_run(container, number).metadata["start"]["uid"] == uid
+
+
+def test_queue_up_without_a_beamline_names_the_devices_then_sim_starts_one(tmp_path, free_port):
+    """Without a beamline `hutch queue up` says which devices did not connect (with their
+    PVs) and what to do, in a few lines and no traceback; ``--sim`` starts the profile's
+    simulated beamline with the queue and ``queue down`` stops both."""
+    env = dict(os.environ)
+    env.update(ca_client_env(free_port()))  # nothing serves Channel Access there
+    env.update(
+        HUTCH_DATA_DIR=str(tmp_path / "data"),
+        HUTCH_CATALOG_PORT=str(free_port()),
+        HUTCH_QUEUE_HTTP_PORT=str(free_port()),
+        HUTCH_QUEUE_ZMQ_PORT=str(free_port()),
+        HUTCH_QUEUE_ZMQ_INFO_PORT=str(free_port()),
+    )
+    settings = Settings(data_dir=tmp_path / "data")
+    try:
+        failed = _hutch("up", env=env, check=False)
+        assert failed.returncode == 1, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert "could not open its environment" in failed.stderr
+        assert "device(s) did not connect" in failed.stderr
+        for device, prefix in (("sample_x", "DEMO:SAMPLE:X"), ("det", "DEMO:SCALER1")):
+            assert re.search(rf"^  {device}: \d+ PVs {prefix}", failed.stderr, re.M)
+        assert len(failed.stderr.splitlines()) < 12  # a line per device, not per PV
+        assert "hutch queue up --sim" in failed.stderr
+        assert status("demo", settings) is None  # nothing left running
+
+        up = _hutch("up", "--sim", "--port", str(free_port()), env=env)
+        assert "simulated beamline" in up.stdout
+        assert hutch("sim", "status", env=env, check=False).returncode == 0
+        assert status("demo", settings) is not None
+    finally:
+        _hutch("down", env=env, check=False)
+        hutch("catalog", "down", env=env, check=False)
+    assert hutch("sim", "status", env=env, check=False).returncode == 1

@@ -9,16 +9,16 @@ import os
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from hutch.bench_tables import DEFAULT_TABLES, TABLES
+from hutch.bench.tables import DEFAULT_TABLES, TABLES
 from hutch.config import Settings
-from hutch.errors import HutchError
+from hutch.errors import HutchError, PlanArgumentError, Refusal
 from hutch.profile import Profile, ProfileError, load_profile
 from hutch.queue.cli import register as register_queue
-from hutch.runplan import PlanArgumentError
 
 __all__ = ["main"]
 
@@ -124,26 +124,48 @@ def _md_item(text: str) -> tuple[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hutch import simulators
-    from hutch.ca import configure_ca_client
-    from hutch.runplan import build_plan
-    from hutch.session import MissingMetadataError, Session
+    from hutch.runplan import prepare_call
 
     profile, settings, port = _context(args)
+    # Everything the user typed is checked before a device connects: a refusal is immediate.
+    call = prepare_call(profile, args.plan, args.params)
+    md = dict(args.md or ())
+    missing = profile.metadata.missing({**profile.metadata.model_dump(exclude_none=True), **md})
+    if missing:
+        flags = " ".join(f"--md {key}=..." for key in missing)
+        raise PlanArgumentError(
+            f"run refused before it started: required metadata missing: {', '.join(missing)}. "
+            f"Give it with {flags} (profile {profile.name!r} requires "
+            f"{', '.join(profile.metadata.required_keys)}: {profile.path}, [metadata] required)"
+        )
+
+    from hutch import simulators
+    from hutch.ca import configure_ca_client
+    from hutch.session import Session
+
     # The running simulator's IOCs; else the caller's own CA environment, else the port.
     state = simulators.status(profile.name, settings)
     if state is not None:
         configure_ca_client(*state.ports)
     elif "EPICS_CA_ADDR_LIST" not in os.environ:
         configure_ca_client(port)
-    md = dict(args.md or ())
-    with Session(profile, settings, live_table=not args.quiet, md=md) as session:
-        plan = build_plan(profile, session.devices, args.plan, args.params)
+    try:
+        session = Session(profile, settings, live_table=not args.quiet, md=md)
+    except ConnectionError as exc:
+        hint = (
+            ""
+            if state is not None
+            else (
+                f"\nIs the beamline up? The simulated one: hutch sim up --detach --profile "
+                f"{profile.name}"
+            )
+        )
+        raise CommandError(f"{exc}{hint}") from exc
+    with session:
         try:
-            result = session.run(plan)
-        except MissingMetadataError as exc:  # refused before it started: bad input, no run
-            flags = " ".join(f"--md {key}=..." for key in exc.missing)
-            raise PlanArgumentError(f"{exc} On the command line: {flags}") from None
+            result = session.run(call.build(session.devices))
+        except Refusal:  # refused before its run opened: bad input, nothing moved
+            raise
         except Exception as exc:
             # The RunEngine has closed the run(s) with exit_status 'fail'; what was acquired is
             # in the NeXus file and the catalogue. Say which runs, then what went wrong.
@@ -260,6 +282,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         search_runs=args.runs,
         fly_seconds=args.fly_seconds,
         fly_frames=args.frames,
+        startup_tries=args.tries,
         data_dir=Settings.from_env(args.data_dir).data_dir,
         as_json=args.json,
     )
@@ -315,7 +338,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hutch", description="Beamline control and data acquisition on bluesky."
+        prog="hutch",
+        description="Beamline control and data acquisition on bluesky.",
+        epilog="--debug anywhere on the command line shows the traceback of an error.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -435,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure hutch against baselines measured in the same run (CA latency, step "
-        "scans, NeXus writing, catalogue ingest and search, fly scans)",
+        "scans, NeXus writing, catalogue ingest and search, fly scans, start-up)",
         description=textwrap.fill(
             "Measure the named tables (default: all) and print each row beside its "
             "baseline, measured in the same run: against a private simulator, C softIoc "
@@ -477,6 +502,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_bench_count,
         default=None,
         help="frames of the fly table's area-detector fly scan (default 300)",
+    )
+    p.add_argument(
+        "--tries",
+        type=_bench_count,
+        default=3,
+        help="how many times the startup table starts each command (default 3)",
     )
     p.add_argument(
         "--data-dir",
@@ -526,18 +557,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hutch`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``hutch`` console script.
+
+    Exit status 0 on success, 2 for bad input (refused before anything was started or
+    moved), 1 for a failure; each reported in one line, the traceback only with ``--debug``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere: hutch run ... --debug, hutch --debug run ...
+    args = _parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (ProfileError, PlanArgumentError) as exc:  # bad input: nothing was started
-        print(f"hutch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (HutchError, ConnectionError) as exc:
-        print(f"hutch {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        bad_input = isinstance(exc, ProfileError | Refusal)
+        known = bad_input or isinstance(exc, HutchError | ConnectionError)
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        hint = "" if known or debug else " (--debug shows where)"
+        print(f"hutch {args.command}: error: {message}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":

@@ -180,8 +180,10 @@ def _print_run(run: DemoRun, out) -> None:
 
 def _print_data_management(summary: DemoSummary, out) -> None:
     e = summary.extra
-    if "refused_run" in e:
-        print(f"\nrefused     {(e['refused_run'] or 'NOT refused').splitlines()[0]}", file=out)
+    print(file=out)
+    for key in ("refused_scan", "refused_fly_scan", "refused_run"):
+        if key in e:
+            print(f"refused     {(e[key] or 'NOT refused').splitlines()[0]}", file=out)
     for label, uids in e.get("searches", {}).items():
         print(f"search      {label}: {len(uids)} of this demo's runs", file=out)
     if "queue" in e:
@@ -311,11 +313,44 @@ def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None
         f"fitted {fitted:.4f}, true {peak.center:.4f}",
     )
 
+    _refused_scan(session, summary, axis, det)
     if session.suspenders:
         _beam_dump_run(profile, session, summary, record, det)
     _fly_runs(session, summary, record)
     _queued_runs(profile, session, summary, det)
     _data_management(session, summary, det)
+
+
+def _refused(
+    session: Session, summary: DemoSummary, key: str, title: str, plan, motor, reason: str
+) -> None:
+    """Run ``plan``, which must be refused (`ScanArgumentError` saying ``reason``) with
+    ``motor`` where it was and no run opened; the refusal goes into ``summary.extra[key]``."""
+    RE = session.RE
+    before, runs = RE(bps.rd(motor.user_readback)).plan_result, len(session.runs)
+    try:
+        RE(plan)
+        refused = None
+    except plans.ScanArgumentError as exc:
+        refused = str(exc)
+    summary.extra[key] = refused
+    summary.check(
+        title,
+        refused is not None
+        and reason in refused
+        and RE(bps.rd(motor.user_readback)).plan_result == before
+        and len(session.runs) == runs,
+        refused or "not refused",
+    )
+
+
+def _refused_scan(session: Session, summary: DemoSummary, axis: Any, det: Any) -> None:
+    """A step scan reaching beyond the motor's soft limits is refused before anything moves
+    and before a run opens."""
+    high = session.RE(bps.rd(axis.high_limit_travel)).plan_result
+    plan = plans.scan([det], axis, 0.0, 5 * high, 5, md={"sample": "demo sample"})
+    title = "a step scan beyond the soft limits is refused before anything moves or a run opens"
+    _refused(session, summary, "refused_scan", title, plan, axis, "soft limits")
 
 
 def _fly_runs(session: Session, summary: DemoSummary, record: Callable[..., DemoRun]) -> None:
@@ -376,19 +411,14 @@ def _fly_runs(session: Session, summary: DemoSummary, record: Callable[..., Demo
         and np.allclose(grid.reshape(5, 21), snake, atol=1e-3),
         "" if grid is None else f"{grid.size} positions",
     )
-    before = RE(bps.rd(x.user_readback)).plan_result
-    try:
-        RE(plans.fly_scan([det], x, -3.0, 3.0, 61, panda=panda, velocity=1000.0))
-        refused = None
-    except plans.ScanArgumentError as exc:
-        refused = str(exc)
-    summary.extra["refused_fly_scan"] = refused
-    summary.check(
+    _refused(
+        session,
+        summary,
+        "refused_fly_scan",
         "a fly scan faster than the motor's VMAX is refused before anything moves",
-        refused is not None
-        and "VMAX" in refused
-        and RE(bps.rd(x.user_readback)).plan_result == before,
-        refused or "not refused",
+        plans.fly_scan([det], x, -3.0, 3.0, 61, panda=panda, velocity=1000.0),
+        x,
+        "VMAX",
     )
 
 

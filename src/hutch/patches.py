@@ -50,9 +50,23 @@ def _plan_init(self: bluesky.utils.Plan, f, *args, **kwargs) -> None:
     )
 
 
+def _dispatcher_stop(self) -> None:
+    # ophyd 1.x's EventDispatcher.stop, run at exit, also joins its debug-monitor thread,
+    # which sleeps 1 s between looks at the queues: every process with a classic ophyd device
+    # waited up to a second to exit. That thread is a daemon and only logs; the threads that
+    # dispatch callbacks are still stopped and joined as before.
+    self._stop_event.set()
+    for thread in list(self._threads.values()):
+        if thread is not None:
+            thread.join()
+    self._threads.clear()
+
+
 def apply() -> None:
-    """Apply every fix (idempotent)."""
+    """Apply every fix (idempotent); ophyd's only if ophyd is imported."""
     bluesky.utils.Plan.__init__ = _plan_init
+    if (dispatch := sys.modules.get("ophyd._dispatch")) is not None:
+        dispatch.EventDispatcher.stop = _dispatcher_stop
 
 
 @contextmanager

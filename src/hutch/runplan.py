@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import ast
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hutch import plans
+from hutch.errors import PlanArgumentError
+from hutch.plans.checks import check_arguments
 from hutch.profile import Profile
 
-__all__ = ["PlanArgumentError", "build_plan", "check_call", "parse_params", "resolve_devices"]
+__all__ = [
+    "PlanArgumentError",
+    "PlanCall",
+    "check_call",
+    "parse_params",
+    "prepare_call",
+    "resolve_devices",
+]
 
 
-class PlanArgumentError(ValueError):
-    """A plan or one of its arguments is not acceptable; the message names which."""
+class _DeviceName:
+    """Stands for a profile's device (or a child, ``det.preset_time``) while arguments are
+    checked before any device exists: it is a device to the checks, not a number or text."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> _DeviceName:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _DeviceName(f"{self.name}.{attr}")
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 def resolve_devices(value: Any, devices: Mapping[str, Any]) -> Any:
@@ -84,8 +106,9 @@ def parse_params(
 
 
 def check_call(profile: Profile, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]):
-    """The plan function ``name`` of the profile, once ``args`` and ``kwargs`` are known to fit
-    its signature; raises `PlanArgumentError` saying what does not."""
+    """The plan function ``name`` of the profile, once ``args`` and ``kwargs`` (device names
+    as strings, as the queue server takes them) are known to fit its signature and pass its
+    argument checks (`hutch.plans.checks`); raises a `Refusal` saying what does not."""
     if name not in profile.plans:
         raise PlanArgumentError(
             f"plan {name!r} is not offered by profile {profile.name!r} "
@@ -99,16 +122,31 @@ def check_call(profile: Profile, name: str, args: Sequence[Any], kwargs: Mapping
         params = inspect.signature(plan).parameters.values()
         names = ", ".join(str(p.replace(annotation=p.empty, default=p.empty)) for p in params)
         raise PlanArgumentError(f"plan {name}({names}): {exc}") from None
+    stand_ins = {spec.name: _DeviceName(spec.name) for spec in profile.devices}
+    check_arguments(plan, resolve_devices(args, stand_ins), resolve_devices(kwargs, stand_ins))
     return plan
 
 
-def build_plan(profile: Profile, devices: Mapping[str, Any], name: str, tokens: Sequence[str]):
-    """The plan ``name`` of the profile called with ``tokens``, arguments checked before
-    anything runs."""
+@dataclass(frozen=True)
+class PlanCall:
+    """A plan of the profile and its arguments, checked; devices still named, not connected."""
+
+    plan: Callable[..., Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+    def build(self, devices: Mapping[str, Any]):
+        """The plan called with the named devices replaced by ``devices``."""
+        return self.plan(
+            *resolve_devices(self.args, devices), **resolve_devices(self.kwargs, devices)
+        )
+
+
+def prepare_call(profile: Profile, name: str, tokens: Sequence[str]) -> PlanCall:
+    """The plan ``name`` of the profile with command-line ``tokens`` parsed and checked,
+    before any device connects: a refusal needs no hardware and is immediate."""
     if name not in profile.plans:  # before the arguments: the plan is the first thing wrong
         check_call(profile, name, (), {})
-    args, kwargs = parse_params(tokens, devices)
-    args = resolve_devices(args, devices)
-    kwargs = resolve_devices(kwargs, devices)
-    plan = check_call(profile, name, args, kwargs)
-    return plan(*args, **kwargs)
+    names = {spec.name: spec.name for spec in profile.devices}
+    args, kwargs = parse_params(tokens, names)
+    return PlanCall(check_call(profile, name, args, kwargs), args, kwargs)

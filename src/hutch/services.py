@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hutch.errors import HutchError
+
 __all__ = [
+    "SYSTEM_PROGRAMS",
+    "MissingProgramError",
     "free_port",
     "log_tail",
     "process_alive",
     "read_state",
     "spawn_detached",
+    "system_program",
     "terminate",
     "write_state",
 ]
@@ -144,3 +150,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+#: The system programs hutch itself starts, with their Debian packages: exactly what
+#: ``bash .ci/setup`` installs without ``--tests`` (``.ci/system-packages``; the tests check
+#: that the two agree), so the README's first command finds them on a fresh machine.
+SYSTEM_PROGRAMS = {"redis-server": "redis-server"}
+
+
+class MissingProgramError(HutchError):
+    """A system program hutch starts is not installed; the message says how to install it."""
+
+
+def system_program(name: str) -> str:
+    """The path of ``name``, one of `SYSTEM_PROGRAMS`; else `MissingProgramError` naming
+    its package and the set-up command that installs it."""
+    package = SYSTEM_PROGRAMS[name]  # a KeyError here is hutch's bug: add it to both lists
+    path = shutil.which(name)
+    if path is None:
+        raise MissingProgramError(
+            f"{name} is not installed: run `bash .ci/setup` in hutch's checkout (it installs "
+            f"Debian's {package} with apt-get, as root or through sudo), or install {package}"
+        )
+    return path

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bluesky import RunEngine
-from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.preprocessors import SupplementalData
 from bluesky.run_engine import RunEngineResult, call_in_bluesky_event_loop
 from bluesky.utils import PersistentDict
@@ -20,13 +23,18 @@ from ophyd_async.core import PathProvider, StaticPathProvider, UUIDFilenameProvi
 
 import hutch
 from hutch import patches
-from hutch.catalog import CatalogConfig, ensure_catalog, run_uri, runs_container
+from hutch.catalog_server import CatalogConfig, ensure_catalog, run_uri  # no tiled client
 from hutch.config import Settings
 from hutch.devices import connect_devices, devices_metadata, make_devices
-from hutch.errors import HutchError
+from hutch.errors import Refusal, quiet_refusals
 from hutch.profile import Profile
 from hutch.recorder import Recorder, RecorderConfig
+from hutch.scan_ids import RunEngineScanIds, scan_counter
 from hutch.suspenders import make_suspender
+
+if TYPE_CHECKING:
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from tiled.client.container import Container
 
 __all__ = [
     "MissingMetadataError",
@@ -37,6 +45,7 @@ __all__ = [
 ]
 
 patches.apply()
+quiet_refusals()  # a refused plan is reported in one line by whoever ran it
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,17 @@ class RunRecord:
     nexus: Path | None = None
     png: Path | None = None
     catalog_uri: str | None = None
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing ``module`` in a thread of its own; an ``import`` of it elsewhere then
+    waits for that one to finish (and raises its error, if any, again)."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
 
 
 class _RunLog(DocumentRouter):
@@ -103,7 +123,7 @@ def metadata_store(settings: Settings, profile_name: str) -> Path:
     return settings.run_dir / "metadata" / profile_name
 
 
-class MissingMetadataError(HutchError, ValueError):
+class MissingMetadataError(Refusal):
     """A run was refused before it started: required metadata is missing or blank."""
 
     def __init__(self, message: str, missing: list[str]) -> None:
@@ -173,7 +193,8 @@ class Session:
     rest stay usable (a suspender watching a missing device is not installed). With
     ``persist_md`` ``RE.md`` is kept on disk (`metadata_store`): what a user set
     (``RE.md["proposal"] = ...``, the scan id) is there in the next session, and the profile's
-    ``[metadata]`` only fills the keys not stored yet.
+    ``[metadata]`` only fills the keys not stored yet. Runs are numbered by the beamline's
+    scan counter in the data directory (`hutch.scan_ids`), whichever process takes them.
     """
 
     def __init__(
@@ -209,6 +230,12 @@ class Session:
         self.RE.md.update(defaults)
         self.RE.md.update(profile=profile.name, hutch_version=hutch.__version__)
         self.RE.md["devices"] = devices_metadata(profile)  # NeXus classes, prefixes
+        # Scan numbers from the beamline's counter in the data directory, shared by every
+        # process taking runs (`hutch.scan_ids`); a refused run takes none. RE.md["scan_id"]
+        # (kept by the shell, or set by the user) is the lowest last number, as in bluesky.
+        self._scan_ids = RunEngineScanIds(
+            self.RE, scan_counter(self.settings.run_dir, profile.name)
+        )
         self.RE.md.update(md or {})
         # A run missing required metadata is refused before its start document: bluesky calls
         # RE.md_validator with the run's merged metadata when the run opens.
@@ -217,19 +244,16 @@ class Session:
 
         self._runs = _RunLog()
         self._tokens = [self.RE.subscribe(self._runs)]
-        self.live_table: BestEffortCallback | None = None
         if live_table:
-            self.live_table = BestEffortCallback()
-            # The recorder saves the plots; the table is the live view (an interactive shell
-            # may turn the live plots on: ``session.live_table.enable_plots()``).
-            self.live_table.disable_plots()
-            self._tokens.append(self.RE.subscribe(self.live_table))
+            # bluesky's live table imports matplotlib.pyplot (~0.4 s): in a thread, beside the
+            # devices' connection, which mostly waits for the IOCs.
+            _import_in_background("bluesky.callbacks.best_effort")
         self.catalog: CatalogConfig | None = None
         if catalog:
+            # Its URI and key; the client is the recorder's (and `runs_container`'s).
             self.catalog = ensure_catalog(self.settings)
-            self.runs_container = runs_container(self.catalog, profile.name)
-        # NeXus, plots and the catalogue are written by the recorder process, started now so
-        # that its start-up overlaps the devices' connection.
+        # NeXus, plots and the catalogue are written by the recorder process, started first so
+        # that its start-up (seconds of imports) overlaps everything else here.
         self.recorder: Recorder | None = None
         if nexus or plots or catalog:
             config = RecorderConfig(
@@ -259,12 +283,33 @@ class Session:
             ]
             for suspender in self.suspenders:
                 self.RE.install_suspender(suspender)
+        self.live_table: BestEffortCallback | None = None
+        if live_table:
+            from bluesky.callbacks.best_effort import BestEffortCallback  # (see above)
+
+            self.live_table = BestEffortCallback()
+            # The recorder saves the plots; the table is the live view (an interactive shell
+            # may turn the live plots on: ``session.live_table.enable_plots()``).
+            self.live_table.disable_plots()
+            self._tokens.append(self.RE.subscribe(self.live_table))
         if self.recorder:
-            self.recorder.wait_ready()
+            # It takes documents now; its writers may still be starting (they catch up).
+            self.recorder.wait_receiving()
             self._tokens.append(self.RE.subscribe(self.recorder))  # last: it may raise
             # A writer's failure (a full disk) then fails its run instead of following it.
             self._preprocessors.append(self.recorder.check_before_close)
         self.RE.preprocessors.extend(self._preprocessors)
+
+    @cached_property
+    def runs_container(self) -> Container:
+        """The catalogue's container of this beamline's runs (bluesky-tiled-plugins'
+        ``CatalogOfBlueskyRuns``: ``[uid]``, ``[scan_id]``, ``[-1]``), connected on first use:
+        the tiled client's imports and requests are paid only by those who read runs."""
+        if self.catalog is None:
+            raise AttributeError("this session has no catalogue (Session(..., catalog=False))")
+        from hutch.catalog import runs_container
+
+        return runs_container(self.catalog, self.profile.name)
 
     def connect(self, timeout: float = 10.0, *, raise_on_failure: bool = True) -> None:
         """Connect all devices concurrently; raise listing every missing PV (or keep them)."""
@@ -285,12 +330,18 @@ class Session:
             self.RE.unsubscribe(token)
         self._tokens.clear()
         self._md_validator.uninstall(self.RE)
+        self._scan_ids.uninstall()  # before the kept RE.md is written: it may fix scan_id
         for preprocessor in self._preprocessors:
             if preprocessor in self.RE.preprocessors:
                 self.RE.preprocessors.remove(preprocessor)
         self._preprocessors.clear()
         if self._stored_md is not None:
             self._stored_md.flush()  # values changed in place (RE.md["versions"]) too
+            # Written: its finalizer must not write this store's values again over a later
+            # session's when it is collected, which may be at exit (a refused run's traceback
+            # keeps the store alive through the RunEngine's merged metadata).
+            if (finalizer := getattr(self._stored_md, "_finalizer", None)) is not None:
+                finalizer.detach()
             if self.RE.md is self._stored_md:
                 # The RunEngine keeps a plain copy: the store is released now, its files final
                 # before another session (of this process or the next) opens them.

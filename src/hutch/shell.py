@@ -27,7 +27,7 @@ from hutch.positions import pv_summary
 from hutch.profile import Profile, load_profile
 from hutch.session import Session, metadata_store
 
-__all__ = ["MetadataSetter", "ShellNamespace", "build_namespace", "run_shell"]
+__all__ = ["LazyCatalog", "MetadataSetter", "ShellNamespace", "build_namespace", "run_shell"]
 
 #: Seconds the shell waits for all devices together before listing the missing ones.
 CONNECT_TIMEOUT = 5.0
@@ -56,6 +56,42 @@ class MetadataSetter:
 
     def __repr__(self) -> str:
         return f"{self.key}(...) sets RE.md[{self.key!r}], now {self.RE.md.get(self.key)!r}"
+
+
+class LazyCatalog:
+    """``catalog`` in the shell: the session's catalogue of runs (`Session.runs_container`,
+    ``catalog[-1]``, ``catalog[uid]``), connected on first use. The tiled client it needs
+    costs seconds of imports, which the shell's start-up does without; whatever is asked of
+    this object is asked of the catalogue."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def _connected(self) -> Any:
+        return self._session.runs_container  # connects once, then cached by the session
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_session":  # copy, pickle: not the catalogue's
+            raise AttributeError(name)
+        return getattr(self._connected(), name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._connected()[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._connected()
+
+    def __iter__(self) -> Any:
+        return iter(self._connected())
+
+    def __len__(self) -> int:
+        return len(self._connected())
+
+    def __dir__(self) -> list[str]:
+        return dir(self._connected())
+
+    def __repr__(self) -> str:
+        return repr(self._connected())
 
 
 @dataclass
@@ -128,7 +164,7 @@ def build_namespace(
         "session": session,
         "devices": session.devices,
         "profile": profile,
-        "catalog": session.runs_container if session.catalog else None,
+        "catalog": LazyCatalog(session) if session.catalog else None,
         "bps": bps,
         "bp": bp,
         **{key: MetadataSetter(RE, key) for key in ("proposal", "sample", "operator")},

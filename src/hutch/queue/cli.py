@@ -70,8 +70,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from hutch.queue.services import start
 
     profile, settings = _context(args)
-    state = start(profile, settings)
+    port = None
+    if args.sim:  # the simulated beamline's port, as `hutch sim up` chooses it
+        port = args.port or settings.ca_port or profile.simulation.port
+    state = start(profile, settings, simulator_port=port)
     print(f"queue server for {profile.name!r} up: {_describe(state)}")
+    if state.simulator:
+        print("  with the simulated beamline it started (hutch queue down stops it too)")
     return 0
 
 
@@ -189,6 +194,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     queue = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     q = queue.add_parser("up", help="start Redis, the RE Manager and the HTTP server")
+    q.add_argument(
+        "--sim",
+        action="store_true",
+        help="start the profile's simulated beamline too, unless it is up (down stops it)",
+    )
+    q.add_argument(
+        "--port",
+        type=int,
+        help="with --sim: Channel Access port of the simulator ($HUTCH_CA_PORT, else the "
+        "profile's)",
+    )
     q.set_defaults(func=_cmd_up)
     q = queue.add_parser("down", help="stop what `up` started")
     q.set_defaults(func=_cmd_down)

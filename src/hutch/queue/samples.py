@@ -24,14 +24,14 @@ from typing import Any
 
 import yaml
 
-from hutch.errors import HutchError
+from hutch.errors import Refusal
 from hutch.profile import Profile
 from hutch.runplan import PlanArgumentError, check_call, parse_params
 
 __all__ = ["QueueItem", "SampleListError", "item_from_tokens", "load_sample_list", "make_item"]
 
 
-class SampleListError(PlanArgumentError, HutchError):
+class SampleListError(PlanArgumentError):
     """A sample list was refused; ``problems`` lists ``(row, reason)`` for every bad row."""
 
     def __init__(self, path: Path, problems: list[tuple[int, str]]) -> None:
@@ -165,7 +165,7 @@ def load_sample_list(profile: Profile, path: str | Path) -> list[QueueItem]:
     for number, row in enumerate(rows, start=1):
         try:
             items.append(convert(profile, row))
-        except PlanArgumentError as exc:
+        except Refusal as exc:  # a bad plan, argument (hutch.plans.checks) or metadata
             problems.append((number, str(exc)))
     if problems:
         raise SampleListError(path, problems)

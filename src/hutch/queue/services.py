@@ -14,15 +14,12 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from hutch import services
 from hutch.config import Settings
@@ -40,6 +37,7 @@ __all__ = [
     "start",
     "status",
     "stop",
+    "write_environment_error",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -97,6 +95,8 @@ class QueueState:
     directory: str
     groups: list[str] = field(default_factory=list)
     default_group: str = "admin"
+    simulator: bool = False
+    """Whether ``start`` started the profile's simulated beamline (``stop`` stops it then)."""
 
     @property
     def api_key(self) -> str:
@@ -157,6 +157,10 @@ def stop(profile_name: str, settings: Settings) -> bool:
         services.process_alive(pid, marker=_MARKERS.get(name)) for name, pid in pids.items()
     )
     _stop_pids(pids)
+    if raw.get("simulator"):
+        from hutch import simulators
+
+        simulators.stop(profile_name, settings)
     path.unlink(missing_ok=True)
     return running
 
@@ -174,7 +178,7 @@ def _check_port(host: str, port: int, what: str, variable: str) -> None:
 
 
 def _wait(
-    what: str, ready, deadline: float, pid: int | None, log: Path | None, every: float = 0.2
+    what: str, ready, deadline: float, pid: int | None, log: Path | None, every: float = 0.05
 ) -> None:
     """Poll ``ready()`` until true; fail early, with the log's tail, if ``pid`` dies."""
     while True:
@@ -206,12 +210,13 @@ def _redis_ping(address: str) -> bool:
 
 
 def _start_redis(directory: Path, deadline: float) -> tuple[str, int]:
-    executable = shutil.which("redis-server")
-    if executable is None:
+    try:
+        executable = services.system_program("redis-server")
+    except services.MissingProgramError as exc:
         raise QueueError(
-            "the queue server needs Redis: install Debian's redis-server (`bash .ci/setup "
-            "--tests` does, or apt-get install redis-server) or set HUTCH_QUEUE_REDIS=host:port"
-        )
+            f"the queue server needs Redis: {exc}; or set HUTCH_QUEUE_REDIS=host:port to use "
+            "a running one"
+        ) from None
     port = services.free_port()
     log = directory / "redis.log"
     # Loopback only, no persistence: the queue lives as long as this stack.
@@ -258,6 +263,8 @@ def _ensure_keys(uri: str, directory: Path, passwords: dict[str, str]) -> None:
     """Keep each group's valid API key; create one where it is missing or no longer valid."""
     keys = directory / "keys"
     keys.mkdir(mode=0o700, exist_ok=True)
+    import httpx  # here: `hutch queue` commands other than up do without it
+
     with httpx.Client(base_url=uri, trust_env=False, timeout=30) as client:
         for group, password in passwords.items():
             path = keys / group
@@ -296,11 +303,14 @@ def start(
     ports: QueuePorts | None = None,
     *,
     timeout: float = 180.0,
+    simulator_port: int | None = None,
 ) -> QueueState:
     """Start the profile's queue server and open its worker environment (devices connected).
 
-    Returns the running state if it is already up. On any failure what was started is
-    stopped again and the error names the log to read.
+    With ``simulator_port`` the profile's simulated beamline is started first (on that port)
+    unless it is up; ``stop`` stops it again. Returns the running state if the queue server
+    is already up. On any failure what was started is stopped again and the error says what
+    went wrong: devices that did not connect with their PVs, or the log to read.
     """
     current = status(profile.name, settings)
     if current is not None:
@@ -318,7 +328,15 @@ def start(
     settings.run_dir.mkdir(parents=True, exist_ok=True)
 
     pids: dict[str, int] = {}
+    simulator = False
+    _environment_error(directory).unlink(missing_ok=True)
     try:
+        if simulator_port is not None:
+            from hutch import simulators
+
+            if simulators.status(profile.name, settings) is None:
+                simulators.start(profile, simulator_port, settings)
+                simulator = True
         if ports.redis:
             redis_addr = ports.redis
             _wait("Redis server at HUTCH_QUEUE_REDIS", lambda: _redis_ping(redis_addr),
@@ -381,10 +399,17 @@ def start(
             directory=str(directory),
             groups=list(profile.queue.groups),
             default_group=profile.queue.default_group,
+            simulator=simulator,
         )
         services.write_state(_state_path(profile.name, settings), asdict(state))
 
         from hutch.queue.client import manager_api
+
+        def http_answers() -> bool:
+            import httpx  # (see _ensure_keys)
+
+            with httpx.Client(trust_env=False, timeout=5) as client:
+                return client.get(f"{http_uri}/api").status_code < 500
 
         api = manager_api(state)
         try:
@@ -392,26 +417,51 @@ def start(
                   manager.pid, manager_log)  # fmt: skip
             if not api.status()["worker_environment_exists"]:
                 api.environment_open()
+            # While the worker opens its environment (its imports and the devices' connection,
+            # the longest part), the HTTP server comes up and the groups' keys are made.
+            _wait("HTTP server", http_answers, deadline, http.pid, http_log)
+            _ensure_keys(http_uri, directory, passwords)
             _wait("RE Manager's environment (connecting the devices)",
-                  lambda: _environment_ready(api), deadline, manager.pid, manager_log)  # fmt: skip
+                  lambda: _environment_ready(api, profile, settings), deadline, manager.pid,
+                  manager_log)  # fmt: skip
         finally:
             api.close()
-
-        def http_answers() -> bool:
-            with httpx.Client(trust_env=False, timeout=5) as client:
-                return client.get(f"{http_uri}/api").status_code < 500
-
-        _wait("HTTP server", http_answers, deadline, http.pid, http_log)
-        _ensure_keys(http_uri, directory, passwords)
         return state
     except BaseException:
         _stop_pids(pids)
+        if simulator:
+            from hutch import simulators
+
+            simulators.stop(profile.name, settings)
         _state_path(profile.name, settings).unlink(missing_ok=True)
         raise
 
 
-def _environment_ready(api) -> bool:
+def _environment_error(directory: Path) -> Path:
+    """Where the worker's startup writes why the environment could not open (one text)."""
+    return directory / "environment-error.txt"
+
+
+def write_environment_error(profile_name: str, settings: Settings, message: str) -> None:
+    """Called by the worker's startup when it fails: ``start`` reports ``message``."""
+    _environment_error(queue_dir(profile_name, settings)).write_text(message)
+
+
+def _environment_ready(api, profile: Profile, settings: Settings) -> bool:
     status = api.status()
     if status["manager_state"] == "idle" and not status["worker_environment_exists"]:
-        raise QueueError("the RE Manager could not open its environment (see its log)")
+        directory = queue_dir(profile.name, settings)
+        try:
+            reason = _environment_error(directory).read_text().strip()
+        except OSError:
+            reason = f"see its log, {directory / 'manager.log'}"
+        hint = ""
+        from hutch import simulators
+
+        if "did not connect" in reason and simulators.status(profile.name, settings) is None:
+            hint = (
+                f"\nIs the beamline up? The simulated one: hutch queue up --sim (or hutch sim "
+                f"up --detach --profile {profile.name})"
+            )
+        raise QueueError(f"the RE Manager could not open its environment: {reason}{hint}")
     return status["worker_environment_exists"] and status["manager_state"] == "idle"

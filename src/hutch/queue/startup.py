@@ -12,13 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bluesky import RunEngine
-
-from hutch import plans, simulators
-from hutch.ca import configure_ca_client
 from hutch.config import Settings
 from hutch.profile import load_profile
-from hutch.session import Session
 
 __all__ = ["namespace", "startup_script"]
 
@@ -38,6 +33,13 @@ def namespace(profile_path: str, data_dir: str) -> dict[str, Any]:
     Channel Access goes to the profile's running simulator if there is one, else to what
     the environment says (``EPICS_CA_ADDR_LIST``), else to the profile's port.
     """
+    # Imported here: ``hutch queue up`` imports this module for `startup_script` only.
+    from bluesky import RunEngine
+
+    from hutch import plans, simulators
+    from hutch.ca import configure_ca_client
+    from hutch.session import Session
+
     profile = load_profile(profile_path)
     settings = Settings.from_env(data_dir)
     state = simulators.status(profile.name, settings)
@@ -48,7 +50,13 @@ def namespace(profile_path: str, data_dir: str) -> dict[str, Any]:
     # The worker sends a plan's result to the manager as JSON: the RunEngine must return the
     # run uids (its default), not a RunEngineResult.
     RE = RunEngine({})
-    session = Session(profile, settings, RE=RE)
+    try:
+        session = Session(profile, settings, RE=RE)
+    except Exception as exc:  # `hutch queue up` tells its user why (devices and PVs)
+        from hutch.queue.services import write_environment_error  # (it imports this module)
+
+        write_environment_error(profile.name, settings, str(exc))
+        raise
     names: dict[str, Any] = {"RE": RE, "session": session}
     names.update(session.devices)
     names.update({name: getattr(plans, name) for name in profile.plans})

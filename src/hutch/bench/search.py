@@ -52,7 +52,7 @@ from bluesky_tiled_plugins.utils import truncate_json_overflow
 from event_model import ComposeDescriptorBundle, compose_run
 
 from hutch import services
-from hutch.bench import BenchRow, BenchTableError, stopwatch
+from hutch.bench.rows import BenchRow, BenchTableError, stopwatch
 from hutch.catalog import (
     RUNS_SPEC,
     ensure_catalog,
@@ -388,7 +388,7 @@ def _check_like_tiled_writer(container: Any, written: list[_Run], inserted: _Run
     if problems:
         raise BenchTableError(
             "the fast path no longer stores runs as TiledWriter does; bump "
-            "hutch.bench_search.GENERATOR_VERSION once it is fixed:\n  " + "\n  ".join(problems)
+            "hutch.bench.search.GENERATOR_VERSION once it is fixed:\n  " + "\n  ".join(problems)
         )
 
 

@@ -3,7 +3,7 @@ without importing the bench itself (bluesky, ophyd, Channel Access)."""
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_TABLES", "TABLES"]
+__all__ = ["CA_TABLES", "DEFAULT_TABLES", "TABLES"]
 
 #: Every table ``hutch bench`` can measure, by the name that selects it, with what it holds.
 TABLES: dict[str, str] = {
@@ -22,7 +22,14 @@ TABLES: dict[str, str] = {
     "search": "metadata search latency over 10 000 catalogued runs (sample, proposal + time "
     "range, plan, exit status, free text) vs the 20 newest; goal: under 1 s. The catalogue "
     "is populated once and kept under the data directory",
+    "startup": "start-up, seconds until usable: hutch shell to its first prompt, hutch run "
+    "count '[det]' end to end, hutch queue up to ready (goals 5 s, 5 s, 15 s), vs python -c "
+    "'import bluesky, ophyd_async'; simulator and catalogue already up",
 }
 
 #: What a bare ``hutch bench`` measures: every table.
 DEFAULT_TABLES: tuple[str, ...] = tuple(TABLES)
+
+#: The tables measured over Channel Access, on one simulator, softIoc and RunEngine they share
+#: (`hutch.bench.ca`).
+CA_TABLES: tuple[str, ...] = ("latency", "softioc-scan", "sim-scan", "fly")

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow
 from tiled.structures.core import Spec
 
-from hutch.bench import BenchRow
-from hutch.bench_nexus import scan_documents
+from hutch.bench.nexus import scan_documents
+from hutch.bench.rows import BenchRow
 from hutch.catalog import (
     DEFAULT_BATCH_SIZE,
     ensure_catalog,

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 from event_model import compose_run, pack_event_page
 
-from hutch.bench import BenchRow, BenchTableError
+from hutch.bench.rows import BenchRow, BenchTableError
 from hutch.callbacks.nexus import NexusWriter
 
 __all__ = ["NEXUS_GOAL", "ScanDocuments", "nexus_throughput", "scan_documents"]

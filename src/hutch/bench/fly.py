@@ -1,6 +1,6 @@
 """``hutch bench fly``: hardware-triggered fly scans on the simulator, each beside its ceiling.
 
-Two tables, measured on the bench's own simulator (``hutch.bench._ca_tables``):
+Two tables, measured on the bench's own simulator (``hutch.bench.ca.channel_access_tables``):
 
 - PandA position capture: the profile's PandA captures an encoder value and the timestamp of
   every pulse of CLOCK1 at 1 MHz into HDF5 on the data directory's disk, and every pulse the
@@ -37,7 +37,7 @@ from ophyd_async.core import Array1D
 from ophyd_async.epics.core import epics_signal_r
 
 from hutch import plans
-from hutch.bench import BenchRow, BenchTableError
+from hutch.bench.rows import BenchRow, BenchTableError
 from hutch.config import Settings
 from hutch.devices import AreaDetector, PandA
 from hutch.devices.panda import PandaBit, PandaBitSource, PandaCapture, PandaCaptureMode

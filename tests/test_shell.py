@@ -152,6 +152,11 @@ def test_shell_scans_moves_counts_and_keeps_metadata_across_sessions(shell_env, 
         assert "exit_status='success'" in out
         assert "det-diode" in out  # the live table
 
+        # A refusal is one line, and nothing moved.
+        out = term.run("RE(scan([det], sample_x, 0, 50, 3))")
+        assert "refused: scan: sample_x stop 50 mm is outside sample_x's soft limits" in out
+        assert "Traceback" not in out
+
         out = term.run("%wa")
         assert abs(_positioner(out, "sample_x") - 1.0) < 1e-3  # where the scan ended
         assert re.search(r"^\s+slit_gap\s.*mm\s+\(ophyd\)$", out, re.MULTILINE), out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from ophyd_async.core import Device as AsyncDevice
 from ophyd_async.core import SignalR, StandardDetector
 
+from hutch.errors import Refusal
 from hutch.positions import format_where_all, where_all
 from hutch.session import Session
 
@@ -220,6 +222,10 @@ def _count_time(dets: Iterable[Any]) -> float:
     return max(times, default=0.0)
 
 
+def _one_line(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None):
+    print(f"refused: {value}", file=sys.stderr)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics on ``ipython`` for the `Session` in its namespace as ``session``,
     and run top-level ``await`` on bluesky's event loop (where ophyd-async devices live)."""
@@ -228,5 +234,8 @@ def load_ipython_extension(ipython: Any) -> None:
         print("hutch.magics: no hutch Session named `session` in the namespace; not loaded")
         return
     ipython.register_magics(HutchMagics(ipython, session))
+    # A refused plan (bad argument, beyond a soft limit, missing metadata) is the user's to
+    # fix: one line, as `hutch run` prints it, not a traceback through the RunEngine.
+    ipython.set_custom_exc((Refusal,), _one_line)
     # `await sample_x.locate()` at the prompt runs on the loop the ophyd-async devices use.
     autoawait_in_bluesky_event_loop(ipython)

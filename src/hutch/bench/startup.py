@@ -25,7 +25,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hutch import simulators
+from hutch import services, simulators
 from hutch.bench.rows import BenchRow, BenchTableError
 from hutch.catalog_server import ensure_catalog, stop_catalog
 from hutch.config import Settings
@@ -144,8 +143,10 @@ def _environment(settings: Settings, tmp: Path) -> dict[str, str]:
 def startup_times(profile: Profile, data_dir: Path, *, tries: int = 3) -> list[BenchRow]:
     """The start-up table: ``tries`` of each row (see the module), on a private simulator
     and catalogue under a temporary directory in ``data_dir``."""
-    if shutil.which("redis-server") is None:
-        raise BenchTableError("hutch queue up needs redis-server, which is not installed")
+    try:
+        services.system_program("redis-server")  # for the `hutch queue up` row
+    except services.MissingProgramError as exc:
+        raise BenchTableError(str(exc)) from None
     table = f"Start-up, seconds until usable, {tries} tries each (simulator and catalogue up)"
     data_dir.mkdir(parents=True, exist_ok=True)
     hutch = _hutch()

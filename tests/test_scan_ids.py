@@ -19,6 +19,7 @@ from bluesky.preprocessors import run_decorator
 from bluesky.run_engine import get_bluesky_event_loop
 from event_model import compose_run
 from hutch_command import hutch
+from sessions import offline_session
 
 from hutch import plans
 from hutch.catalog import AmbiguousScanIdError, get_run, make_tiled_writer, runs_container
@@ -132,17 +133,7 @@ def test_shell_and_plain_sessions_share_the_counter(tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
 
     def session(**options) -> Session:
-        return Session(
-            profile,
-            settings,
-            RE=RunEngine({}, loop=get_bluesky_event_loop(), call_returns_result=True),
-            live_table=False,
-            nexus=False,
-            plots=False,
-            catalog=False,
-            connect=False,
-            **options,
-        )
+        return offline_session(profile, settings, **options)
 
     def run(s: Session, **md) -> int:
         @run_decorator(md=md)

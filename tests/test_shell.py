@@ -16,8 +16,7 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import pytest
-from bluesky import RunEngine
-from bluesky.run_engine import get_bluesky_event_loop
+from sessions import offline_session
 
 from hutch.ca import ca_client_env
 from hutch.catalog import ensure_catalog, runs_container, stop_catalog
@@ -245,17 +244,7 @@ def test_session_keeps_metadata_across_sessions_and_profile_fills_only_the_rest(
     profile = load_profile("demo")
 
     def session(**options) -> Session:
-        return Session(
-            profile,
-            settings,
-            RE=RunEngine({}, loop=get_bluesky_event_loop(), call_returns_result=True),
-            live_table=False,
-            nexus=False,
-            plots=False,
-            catalog=False,
-            connect=False,
-            **options,
-        )
+        return offline_session(profile, settings, **options)
 
     with session(persist_md=True) as first:
         assert first.RE.md["proposal"] == "commissioning"  # the profile's default

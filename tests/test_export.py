@@ -16,8 +16,9 @@ import pytest
 from bluesky import RunEngine
 from bluesky.preprocessors import SupplementalData
 from bluesky.run_engine import get_bluesky_event_loop
-from event_model import compose_run, pack_event_page
+from event_model import pack_event_page
 from ophyd.sim import det, motor, motor1
+from sessions import write_run
 
 from hutch import plans
 from hutch.callbacks import NexusWriter
@@ -168,15 +169,7 @@ def test_run_that_never_closed_exports_as_not_closed(side_container, tmp_path):
 def test_run_keys_and_unknown_runs(side_container, tmp_path):
     """uid prefixes of digits only are found; an unknown run names itself and the catalogue."""
     uid = "31415926-5358-4979-8238-462643383279"  # its 8-character prefix reads as a number
-    bundle = compose_run(uid=uid, metadata={"scan_id": 7, "beamline": "bl0"})
-    stream = bundle.compose_descriptor(
-        name="primary", data_keys={"x": {"dtype": "number", "shape": [], "source": "sim"}}
-    )
-    writer = make_tiled_writer(side_container)
-    writer("start", bundle.start_doc)
-    writer("descriptor", stream.descriptor_doc)
-    writer("event", stream.compose_event(data={"x": 1.5}, timestamps={"x": 0.0}))
-    writer("stop", bundle.compose_stop())
+    write_run(side_container, uid, x=1.5, scan_id=7, beamline="bl0")
     for key in (uid, "31415926", "-1", -1):
         path = export_nexus(side_container, key, tmp_path / "found")
         assert path.name.startswith(f"bl0_00007_{uid[:8]}")

@@ -12,13 +12,13 @@ import pytest
 from bluesky import RunEngine
 from bluesky.preprocessors import run_decorator
 from bluesky.run_engine import get_bluesky_event_loop
+from sessions import bare_profile, offline_session
 
 from hutch import plans
 from hutch.ca import ca_client_env
 from hutch.catalog import runs_container
 from hutch.config import Settings
-from hutch.profile import load_profile
-from hutch.session import MissingMetadataError, Session
+from hutch.session import MissingMetadataError
 
 DEMO = Path(__file__).resolve().parents[1] / "profiles" / "demo.toml"
 IDENTITY = ("facility", "beamline", "proposal", "sample", "operator")
@@ -91,18 +91,6 @@ def test_run_missing_required_metadata_is_refused_before_it_starts(session):
         RE.unsubscribe(token)
 
 
-BARE = """
-name = "bare"
-plans = ["count"]
-devices = []
-
-[metadata]
-facility = "HUTCH"
-beamline = "bare"
-required = ["sample"]
-"""
-
-
 def test_validator_chains_with_the_run_engines_own_and_is_put_back(tmp_path):
     """A RunEngine brought by its owner (tests, the queue server) keeps its validator."""
     seen: list[dict] = []
@@ -113,18 +101,8 @@ def test_validator_chains_with_the_run_engines_own_and_is_put_back(tmp_path):
             raise ValueError("the owner's validator says no")
 
     RE = RunEngine({}, loop=get_bluesky_event_loop(), md_validator=owners)
-    (tmp_path / "bare.toml").write_text(BARE)
-    profile = load_profile(tmp_path / "bare.toml")
-    session = Session(
-        profile,
-        Settings(data_dir=tmp_path / "data"),
-        live_table=False,
-        nexus=False,
-        plots=False,
-        catalog=False,
-        connect=False,
-        RE=RE,
-    )
+    profile = bare_profile(tmp_path, "bare")
+    session = offline_session(profile, Settings(data_dir=tmp_path / "data"), RE=RE)
 
     def run(**md):
         @run_decorator(md=md)

@@ -17,15 +17,13 @@ import pytest
 from bluesky import RunEngine
 from bluesky.preprocessors import run_decorator
 from bluesky.run_engine import get_bluesky_event_loop
-from event_model import compose_run
 from hutch_command import hutch
-from sessions import offline_session
+from sessions import bare_profile, offline_session, write_run
 
 from hutch import plans
-from hutch.catalog import AmbiguousScanIdError, get_run, make_tiled_writer, runs_container
+from hutch.catalog import AmbiguousScanIdError, get_run, runs_container
 from hutch.config import Settings
 from hutch.export import ExportError, export_nexus
-from hutch.profile import load_profile
 from hutch.scan_ids import ScanIdError, scan_counter
 from hutch.session import MissingMetadataError, Session
 
@@ -114,22 +112,9 @@ def test_a_refused_run_leaves_its_number_to_the_next(session):
     assert session.runs_container[number + 1].metadata["start"]["uid"] == uid  # the shell's
 
 
-BARE = """
-name = "numbered"
-plans = ["count"]
-devices = []
-
-[metadata]
-facility = "HUTCH"
-beamline = "numbered"
-required = ["sample"]
-"""
-
-
 def test_shell_and_plain_sessions_share_the_counter(tmp_path):
     """A shell's session (RE.md kept on disk) and another process's session take turns."""
-    (tmp_path / "numbered.toml").write_text(BARE)
-    profile = load_profile(tmp_path / "numbered.toml")
+    profile = bare_profile(tmp_path, "numbered")
     settings = Settings(data_dir=tmp_path / "data")
 
     def session(**options) -> Session:
@@ -187,7 +172,7 @@ def test_shell_and_plain_sessions_share_the_counter(tmp_path):
 
 def test_a_session_puts_back_the_run_engines_scan_id_source_and_normalizer(tmp_path):
     """Chained like the md_validator: the owner's normalizer still runs, and is back after."""
-    (tmp_path / "numbered.toml").write_text(BARE)
+    profile = bare_profile(tmp_path, "numbered")
 
     def normalizer(md):
         md["normalized"] = True
@@ -200,32 +185,11 @@ def test_a_session_puts_back_the_run_engines_scan_id_source_and_normalizer(tmp_p
     RE.scan_id_source = source
     starts: list[dict] = []
     RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
-    with Session(
-        load_profile(tmp_path / "numbered.toml"),
-        Settings(data_dir=tmp_path / "data"),
-        live_table=False,
-        nexus=False,
-        plots=False,
-        catalog=False,
-        connect=False,
-        RE=RE,
-    ):
+    with offline_session(profile, Settings(data_dir=tmp_path / "data"), RE=RE):
         RE(plans.count([], num=1), sample="Si")
     RE(plans.count([], num=1), sample="Si")
     assert [(s["scan_id"], s["normalized"]) for s in starts] == [(1, True), (42, True)]
     assert (RE.scan_id_source, RE.md_normalizer) == (source, normalizer)
-
-
-def _write_run(container, scan_id: int, uid: str) -> None:
-    bundle = compose_run(uid=uid, metadata={"scan_id": scan_id, "plan_name": "count"})
-    stream = bundle.compose_descriptor(
-        name="primary", data_keys={"x": {"dtype": "number", "shape": [], "source": "sim"}}
-    )
-    writer = make_tiled_writer(container)
-    writer("start", bundle.start_doc)
-    writer("descriptor", stream.descriptor_doc)
-    writer("event", stream.compose_event(data={"x": 1.0}, timestamps={"x": 0.0}))
-    writer("stop", bundle.compose_stop())
 
 
 def test_a_scan_id_naming_several_runs_is_an_error_naming_them(session, sim, tmp_path):
@@ -235,9 +199,9 @@ def test_a_scan_id_naming_several_runs_is_an_error_naming_them(session, sim, tmp
     profile.write_text(DEMO.read_text().replace('name = "demo"', f'name = "{name}"', 1))
     container = runs_container(session.catalog, name)
     uids = [f"{digit * 8}-0000-4000-8000-000000000000" for digit in "abc"]
-    _write_run(container, 7, uids[0])
-    _write_run(container, 7, uids[1])
-    _write_run(container, 8, uids[2])
+    write_run(container, uids[0], scan_id=7, plan_name="count")
+    write_run(container, uids[1], scan_id=7, plan_name="count")
+    write_run(container, uids[2], scan_id=8, plan_name="count")
 
     with pytest.raises(AmbiguousScanIdError) as info:
         get_run(container, 7)

@@ -10,8 +10,11 @@ moves.
 import bluesky.plans as _bp
 
 from .align import AlignmentError, AlignResult, align  # noqa: F401  (results of align)
+from .centroid import CentroidResult, center_on_centroid  # noqa: F401
 from .checks import ScanArgumentError, checked  # noqa: F401  (its refusals)
+from .count_until import CountResult, count_until  # noqa: F401
 from .fly import DeviceFailure, fly_scan, snake_fly_scan, step_scan  # noqa: F401
+from .reduced import ReductionError  # noqa: F401  (a steering plan's reduction failed)
 
 count = checked(_bp.count)
 grid_scan = checked(_bp.grid_scan)
@@ -25,7 +28,9 @@ scan_nd = checked(_bp.scan_nd)
 
 __all__ = [
     "align",
+    "center_on_centroid",
     "count",
+    "count_until",
     "fly_scan",
     "grid_scan",
     "list_scan",

@@ -27,8 +27,11 @@ import bluesky.plan_stubs as bps
 from bluesky.utils import MsgGenerator
 
 from hutch.errors import Refusal
+from hutch.reduction.roi import STATISTICS
 
 __all__ = [
+    "COUNT_STATISTICS",
+    "PEAK_STATISTICS",
     "Axis",
     "ScanArgumentError",
     "Target",
@@ -266,11 +269,77 @@ def _scan_nd(plan: str, a: Mapping[str, Any]) -> list[Target]:
     return targets
 
 
+PEAK_STATISTICS = ("sum", "net", "max")
+"""The ROI statistics with a peak to find (`align`): a centroid or width has none."""
+COUNT_STATISTICS = ("sum", "net")
+"""The ROI statistics that are counts, whose Poisson error is their square root."""
+
+
+def _roi(plan: str, value: Any) -> None:
+    """None or an area detector's region of interest: four whole numbers of pixels."""
+    if value is None:
+        return
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise ScanArgumentError(
+            f"{plan}: roi must be (min_x, min_y, size_x, size_y) in pixels, not {value!r}"
+        )
+    labels = ("min_x", "min_y", "size_x", "size_y")
+    for label, v, least in zip(labels, value, (0, 0, 1, 1), strict=True):
+        count(plan, f"roi {label}", v, least)
+
+
+def _statistic(plan: str, a: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    """``field``: a statistic in ``allowed`` if it names one (always, with an ``roi``)."""
+    field, roi = a["field"], a["roi"]
+    if field is not None and not isinstance(field, str):
+        raise ScanArgumentError(f"{plan}: field must be a field name, not {field!r}")
+    statistic = field in STATISTICS or (roi is not None and field is not None)
+    if statistic and field not in allowed:
+        raise ScanArgumentError(
+            f"{plan}: field {field!r}: an area detector's ROI statistic here is one of "
+            f"{', '.join(allowed)}"
+        )
+    _roi(plan, roi)
+    _optional(plan, "exposure", a["exposure"])
+
+
 def _align(plan: str, a: Mapping[str, Any]) -> list[Target]:
     name = _device(plan, "motor", a["motor"])
     _device(plan, "detector", a["detector"])
     count(plan, "num", a["num"], 3)  # fewer points have no peak to find
+    _statistic(plan, a, PEAK_STATISTICS)
     return [Target(a["motor"], _ends(plan, name, a["start"], a["stop"], ""))]
+
+
+def _center_on_centroid(plan: str, a: Mapping[str, Any]) -> list[Target]:
+    name = _device(plan, "motor", a["motor"])
+    _device(plan, "detector", a["detector"])
+    count(plan, "num", a["num"], 2)  # a line needs two points
+    if a["axis"] not in ("x", "y"):
+        raise ScanArgumentError(f"{plan}: axis must be 'x' or 'y', not {a['axis']!r}")
+    if a["target"] is not None:
+        number(plan, "target", a["target"])
+    _roi(plan, a["roi"])
+    _optional(plan, "exposure", a["exposure"])
+    return [Target(a["motor"], _ends(plan, name, a["start"], a["stop"], ""))]
+
+
+def _count_until(plan: str, a: Mapping[str, Any]) -> list[Target]:
+    _detectors(plan, a["detectors"])
+    if not a["detectors"]:
+        raise ScanArgumentError(f"{plan}: detectors must name at least one detector")
+    if not isinstance(a["field"], str) or not a["field"]:
+        raise ScanArgumentError(f"{plan}: field must be a field name, not {a['field']!r}")
+    given = [p for p in ("relative_error", "total") if a[p] is not None]
+    if len(given) != 1:
+        raise ScanArgumentError(
+            f"{plan}: give one of relative_error (e.g. 0.01) or total (counts), "
+            f"not {' and '.join(given) or 'neither'}"
+        )
+    _optional(plan, given[0], a[given[0]])
+    count(plan, "max_points", a["max_points"])
+    _statistic(plan, a, COUNT_STATISTICS)
+    return []
 
 
 def _step_scan(plan: str, a: Mapping[str, Any]) -> list[Target]:
@@ -319,6 +388,8 @@ _SPECS: dict[str, _Spec] = {
     "log_scan": _log_scan,
     "scan_nd": _scan_nd,
     "align": _align,
+    "center_on_centroid": _center_on_centroid,
+    "count_until": _count_until,
     "step_scan": _step_scan,
     "fly_scan": _fly_scan,
     "snake_fly_scan": _snake_fly_scan,

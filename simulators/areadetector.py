@@ -1,11 +1,13 @@
 """A simulated areaDetector camera with its HDF5 file plugin, for ophyd-async's ``adcore``.
 
 The driver at ``{prefix}cam1:`` takes frames of a Gaussian beam spot on a flat background with
-Poisson noise. The spot sits where the sample stage puts it (``spot(t)``, in mm). Acquisition
-behaves like a real areaDetector driver where clients depend on it: ``Acquire``'s put-callback
-completes when the acquisition is over, Single/Multiple/Continuous image modes, frames every
-max(AcquirePeriod, AcquireTime + readout time), and in ``TriggerMode`` External one frame per
-trigger, with triggers that come too fast counted as missed.
+Poisson noise. The spot sits where the sample stage puts it (``spot(t)``, in mm). In powder
+mode (``sim.powder``) the frames show a powder standard's Debye-Scherrer rings instead
+(``simulators/powder.py``). Acquisition behaves like a real areaDetector driver where clients
+depend on it: ``Acquire``'s put-callback completes when the acquisition is over,
+Single/Multiple/Continuous image modes, frames every max(AcquirePeriod, AcquireTime + readout
+time), and in ``TriggerMode`` External one frame per trigger, with triggers that come too fast
+counted as missed.
 
 The HDF5 plugin at ``{prefix}HDF1:`` streams the frames into ``/entry/data/data`` of a real
 file (in SWMR mode if ``SWMRMode`` is On, as ophyd-async sets it), flushing each frame before
@@ -30,6 +32,7 @@ from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, PvpropertyChar, pvproperty
 
 from .options import sim_options
+from .powder import PowderPattern, powder_pattern
 
 __all__ = ["DATASET", "AreaDetectorSim", "format_file_name", "spot_pixel"]
 
@@ -83,6 +86,10 @@ _DEFAULTS: dict[str, Any] = {
     "background": 10.0,  # counts
     "readout_time": 0.002,  # s: the least dead time between frames
     "data_type": "UInt16",
+    # Powder mode: a calibrant's rings (``powder.powder_pattern``) instead of the beam spot.
+    "powder": None,  # "Si", "LaB6", "CeO2", ...
+    "poni": None,  # the geometry's PONI file; the profile names it once (powder_geometry)
+    "ring_width": 0.1,  # degrees 2θ, FWHM
 }
 
 
@@ -110,16 +117,18 @@ def format_file_name(template: str, path: str, name: str, number: int) -> str:
     return template % (path, name, number)[:count]
 
 
-def _frame(
-    options: Mapping[str, Any], col: float, row: float, rng: np.random.Generator
-) -> np.ndarray:
-    """One detector image: background + peak * Gaussian spot at (col, row), Poisson noise."""
+def _spot(options: Mapping[str, Any], col: float, row: float) -> np.ndarray:
+    """The expected image: background + peak * Gaussian spot at (col, row)."""
     sigma = float(options["spot_sigma"])
     gx = np.exp(-0.5 * ((np.arange(options["width"]) - col) / sigma) ** 2)
     gy = np.exp(-0.5 * ((np.arange(options["height"]) - row) / sigma) ** 2)
-    expected = options["background"] + options["peak"] * np.outer(gy, gx)  # (height, width)
+    return options["background"] + options["peak"] * np.outer(gy, gx)  # (height, width)
+
+
+def _detect(expected: np.ndarray, data_type: str, rng: np.random.Generator) -> np.ndarray:
+    """One frame of ``expected`` mean counts: Poisson noise, clipped to ``data_type``."""
     counts = rng.poisson(expected)
-    dtype = np.dtype(str(options["data_type"]).lower())
+    dtype = np.dtype(str(data_type).lower())
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         counts = np.clip(counts, info.min, info.max)
@@ -275,6 +284,9 @@ class AreaDetectorSim(PVGroup):
     (mm at the sample), ``spot_sigma`` (pixels), ``peak, background`` (counts),
     ``readout_time`` (s) and ``data_type``. ``spot(t)`` gives the sample stage (x, y) in mm
     at wall-clock time ``t``: the beam spot is at :func:`spot_pixel`; None keeps it centred.
+    Powder mode: ``powder`` (a calibrant: Si, LaB6, CeO2...) and ``poni`` (its geometry, an
+    absolute path) draw the calibrant's rings (`powder.powder_pattern`, ``ring_width`` in
+    degrees; ``peak`` and ``background`` as for the spot), frame size from the PONI file.
 
     In TriggerMode External an armed (acquiring) detector takes a frame for each call of
     :meth:`external_trigger`; a put of N to ``cam1:SimTrigger`` calls it N times at once.
@@ -391,7 +403,15 @@ class AreaDetectorSim(PVGroup):
             )
         if int(o["width"]) < 1 or int(o["height"]) < 1:
             raise ValueError(f"area detector {prefix}: width and height must be positive")
+        if o["powder"] and spot is not None:
+            raise ValueError(f"area detector {prefix}: a powder detector sees no beam spot")
+        if bool(o["powder"]) != bool(o["poni"]):
+            raise ValueError(f"area detector {prefix}: sim.powder and sim.poni go together")
+        if o["poni"] and not Path(o["poni"]).is_file():
+            raise ValueError(f"area detector {prefix}: sim.poni: no PONI file {o['poni']}")
         self.spot = spot
+        self._sized = bool({"width", "height"} & set(sim or {}))
+        self._powder: PowderPattern | None = None
         self._rng = np.random.default_rng()
         # Driver
         self._acquiring = False
@@ -419,6 +439,9 @@ class AreaDetectorSim(PVGroup):
 
     @acquire.startup
     async def acquire(self, instance: Any, async_lib: Any) -> None:
+        if self.powder is not None:  # computed now, not at the first frame (seconds)
+            rings = ", ".join(f"{r.hkl} {r.two_theta:.2f}" for r in self.powder.rings)
+            log.info("%s: %s rings at 2θ (deg) %s", self.prefix, self.powder.calibrant, rings)
         o = self.options
         settings = {
             self.cam_array_size_x_rbv: int(o["width"]),
@@ -547,12 +570,32 @@ class AreaDetectorSim(PVGroup):
         self._triggers.put_nowait(timestamp)
         return True
 
+    @property
+    def powder(self) -> PowderPattern | None:
+        """The powder mode's expected image, computed once (at the IOC's start: pyFAI's
+        import and the geometry take seconds); None for a beam-spot detector."""
+        o = self.options
+        if self._powder is None and o["powder"]:
+            shape = (int(o["height"]), int(o["width"])) if self._sized else None
+            self._powder = powder_pattern(
+                o["powder"],
+                o["poni"],
+                shape,
+                peak=float(o["peak"]),
+                background=float(o["background"]),
+                ring_width=float(o["ring_width"]),
+            )
+            o["height"], o["width"] = self._powder.shape
+        return self._powder
+
     def frame_at(self, timestamp: float) -> Any:
         """A frame as the detector would take it at wall-clock ``timestamp`` (with noise)."""
-        x, y = self.spot(timestamp) if self.spot is not None else (0.0, 0.0)
-        col, row = spot_pixel(self.options, x, y)
-        options = {**self.options, "data_type": self.cam_data_type_rbv.value}
-        return _frame(options, col, row, self._rng)
+        if self.powder is not None:
+            expected = self.powder.expected
+        else:
+            x, y = self.spot(timestamp) if self.spot is not None else (0.0, 0.0)
+            expected = _spot(self.options, *spot_pixel(self.options, x, y))
+        return _detect(expected, self.cam_data_type_rbv.value, self._rng)
 
     async def _emit(self, timestamp: float) -> None:
         """Take one frame (the spot at ``timestamp``) and pass it to the plugin."""

@@ -24,6 +24,7 @@ from .links import PulseLink, RemotePosition
 from .motor import MotorRecord
 from .panda import PULSE_PV, PandASim
 from .physics import BeamlinePhysics
+from .powder import powder_geometry
 from .scaler import ScalerRecord
 
 __all__ = [
@@ -149,6 +150,8 @@ def _beam(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
 
 def _area_detector(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     own = {key: value for key, value in spec.sim.items() if key not in _CABLES}
+    if own.get("powder"):  # the geometry: the PONI file the profile names, made absolute
+        own["poni"] = str(powder_geometry(wiring.profile, spec))
     spot = None
     if "spot" in spec.sim:
         x_name, y_name = spec.sim["spot"]

@@ -151,3 +151,14 @@ def postgres() -> Iterator[PostgresCluster]:
             yield cluster
     except PostgresMissing as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def session_docs(session) -> Iterator[list[tuple[str, dict]]]:
+    """Every document of the session's runs during the test, as (name, doc)."""
+    import copy
+
+    collected: list[tuple[str, dict]] = []
+    token = session.RE.subscribe(lambda name, doc: collected.append((name, copy.deepcopy(doc))))
+    yield collected
+    session.RE.unsubscribe(token)

@@ -1,6 +1,6 @@
-"""``hutch bench``'s NeXus throughput, fly scan, metadata search and start-up tables, run
-small: the rows are produced with positive numbers (their values are the bench's business,
-not the tests')."""
+"""``hutch bench``'s NeXus throughput, fly scan, metadata search, start-up and reduction
+tables, run small: the rows are produced with positive numbers (their values are the bench's
+business, not the tests')."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hutch.bench import TABLES, BenchRow, run_bench
+from hutch.bench import DEFAULT_TABLES, TABLES, BenchRow, run_bench
 from hutch.bench import search as bench_search
 from hutch.bench import startup as bench_startup
 from hutch.bench.search import search_latency
@@ -137,4 +137,47 @@ def test_startup_table(demo_profile, tmp_path, capsys):
     assert all(r.met is not None for r in rows[1:])
     out = capsys.readouterr().out
     assert "Start-up" in out and "Run time: startup" in out
+    assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"
+
+
+def test_reduce_table(demo_profile, tmp_path, capsys):
+    """The online-reduction tables, run small (8 frames, 128 x 128 for the large size): rows
+    of every table with their units, baselines and goals; no timings are judged here."""
+    assert "reduce" in TABLES and "reduce" in DEFAULT_TABLES
+    rows = run_bench(
+        demo_profile, tables=["reduce"], reduce_frames=8, reduce_side=128, data_dir=tmp_path
+    )
+    tables = list(dict.fromkeys(r.table for r in rows))
+    assert [t.split(" ")[0] for t in tables] == ["Azimuthal", "ROI", "Keep-up:", "Latency,"]
+    names = [r.name.split(",")[0] for r in rows]
+    assert names == [
+        *["pyFAI integrate1d", "pyFAI integrate1d", "AzimuthalIntegration via ReductionRunner"] * 2,
+        *["numpy frames.sum(axis=(1", "numpy sum", "RoiStatistics via ReductionRunner"] * 2,
+        "det1 maximum frame rate: 1 / (0.5 ms exposure + 2 ms readout)",
+        "det1_spot in the recorder's reduction lane",
+        "det2 maximum frame rate: 1 / (0.5 ms exposure + 2 ms readout)",
+        "det2_powder in the recorder's reduction lane",
+        *["det1_spot"] * 2,
+        *["det2_powder"] * 2,
+    ]
+    assert "det2 256x256" in rows[0].name and "128x128" in rows[3].name
+    assert "det1 128x96" in rows[6].name and "128x128" in rows[9].name
+    for row in rows:
+        # Every row is a ratio against a row of its own table measured in this run.
+        assert row.baseline in [r.name for r in rows if r.table == row.table]
+        assert row.ms > 0 and row.ratio > 0
+        if row.table == tables[-1]:
+            assert row.unit == "median ms" and row.ratio_of == "time"
+            assert row.ms <= row.p95_ms <= row.worst_ms
+        else:
+            assert row.unit == "ms/frame" and row.ratio_of == "rate" and row.events_per_s > 0
+    goals = {r.name.split(",")[0]: r.min_ratio for r in rows if r.min_ratio is not None}
+    assert goals == {
+        "AzimuthalIntegration via ReductionRunner": 0.9,
+        "det1_spot in the recorder's reduction lane": 1.0,
+        "det2_powder in the recorder's reduction lane": 1.0,
+    }
+    assert all(r.met is not None for r in rows if r.min_ratio is not None)
+    out = capsys.readouterr().out
+    assert "p95 ms" in out and "Run time: reduce" in out
     assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()], "files left"

@@ -43,7 +43,26 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
         "step_scan",
         "fly_scan",
         "snake_fly_scan",
+        "count",
+        "center_on_centroid",
+        "count_until",
     ]
+    # Each detector run names its derived runs (the profile's reductions, made live).
+    derived = {run["title"]: run.get("derived", []) for run in summary["runs"]}
+    kinds = {
+        (d["reduction"], d["kind"], d["exit_status"]) for ds in derived.values() for d in ds
+    }
+    assert kinds == {
+        ("det1_spot", "roi_stats", "success"),
+        ("det_norm", "normalise", "success"),
+        ("det_peak", "peak_stats", "success"),
+        ("det2_powder", "azimuthal", "success"),
+    }
+    for run in derived.values():
+        for d in run:
+            assert Path(d["nexus"]).exists() and Path(d["png"]).exists()
+    replayed = summary["replayed_reduction"]
+    assert replayed["data_equal"] and replayed["metadata_equal"]
     for run in summary["runs"]:
         assert run["exit_status"] == "success"
         assert run["events"]["primary"] > 0
@@ -59,10 +78,11 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     assert all(check["ok"] for check in summary["checks"])
 
     # The catalogue (restarted on demand) lists the demo's runs.
-    runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-    # The demo's own runs, then the four it queued.
+    runs = json.loads(_hutch("runs", "--json", "-n", "100", env=env).stdout)
+    # The demo's own runs, then the four it queued (the derived runs beside them).
     demo_uids = [run["uid"] for run in summary["runs"]]
-    assert [r["uid"] for r in runs][-12:] == demo_uids + summary["queue"]["run_uids"]
+    measured = [r["uid"] for r in runs if not r["plan_name"].startswith("reduce ")]
+    assert measured[-15:] == demo_uids + summary["queue"]["run_uids"]
     # The fly scans: frames and captured positions, and a refused one.
     fly = summary["runs"][6]
     assert fly["frames"] == {"points": 61, "data_key": "det1"}
@@ -86,8 +106,14 @@ def test_run_plan_from_the_command_line(tmp_path, free_port):
         proc = _hutch("run", "scan", "[det]", "sample_x", "0", "1", "num=5", "-q", env=env)
         uid = proc.stdout.strip().splitlines()[-1]
         assert len(uid) == 36
-        runs = json.loads(_hutch("runs", "--json", env=env).stdout)
-        assert runs[-1]["uid"] == uid and runs[-1]["events"] == {"baseline": 2, "primary": 5}
+        runs = json.loads(_hutch("runs", "--json", "-n", "100", env=env).stdout)
+        measured = [r for r in runs if not r["plan_name"].startswith("reduce ")]
+        assert measured[-1]["uid"] == uid
+        assert measured[-1]["events"] == {"baseline": 2, "primary": 5}
+        # The profile's reductions of the scaler's scans, written before `hutch run` ended.
+        derived = {r["plan_name"]: r for r in runs if r["plan_name"].startswith("reduce ")}
+        assert set(derived) == {"reduce det_norm", "reduce det_peak"}
+        assert all(r["exit_status"] == "success" for r in derived.values())
 
         # Bad arguments are refused before anything moves: tests/test_refusals.py.
     finally:

@@ -3,7 +3,6 @@ positions, StreamResource documents, NeXus external links and arrays served by t
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,24 +20,15 @@ from hutch.simulators.areadetector import spot_pixel
 WIDTH, HEIGHT, PIXEL = 128, 96, 0.1
 
 
-@pytest.fixture
-def docs(session):
-    """Every document of the session's runs during the test, as (name, doc)."""
-    collected: list[tuple[str, dict]] = []
-    token = session.RE.subscribe(lambda name, doc: collected.append((name, copy.deepcopy(doc))))
-    yield collected
-    session.RE.unsubscribe(token)
-
-
-def _validated(docs) -> None:
-    for name, doc in docs:
+def _validated(session_docs) -> None:
+    for name, doc in session_docs:
         schema_validators[DocumentNames(name)].validate(doc)
 
 
-def _stream_data(docs) -> dict[str, tuple[Path, str, int]]:
+def _stream_data(session_docs) -> dict[str, tuple[Path, str, int]]:
     """Each external data key: (file, dataset, rows the stream_datum documents cover)."""
     rows: Counter[str] = Counter()
-    for name, doc in docs:
+    for name, doc in session_docs:
         if name == "stream_datum":
             rows[doc["stream_resource"]] += doc["indices"]["stop"] - doc["indices"]["start"]
     return {
@@ -47,7 +37,7 @@ def _stream_data(docs) -> dict[str, tuple[Path, str, int]]:
             doc["parameters"]["dataset"],
             rows[doc["uid"]],
         )
-        for name, doc in docs
+        for name, doc in session_docs
         if name == "stream_resource"
     }
 
@@ -71,7 +61,7 @@ def _key(data: dict, suffix: str) -> str:
     return key
 
 
-def test_fly_scan_frames_and_positions_match(session, docs):
+def test_fly_scan_frames_and_positions_match(session, session_docs):
     """N triggers give N frames and N captured positions, equally spaced along the motor's
     constant-velocity trajectory, and each frame shows the spot where the stage put it."""
     d = session.devices
@@ -82,9 +72,9 @@ def test_fly_scan_frames_and_positions_match(session, docs):
         plans.fly_scan([det1], x, start, stop, num, panda=panda1, velocity=velocity)
     )
     assert result.exit_status == "success", result.reason
-    _validated(docs)
+    _validated(session_docs)
 
-    data = _stream_data(docs)
+    data = _stream_data(session_docs)
     frames_file, frames_path, frame_rows = data["det1"]
     x_key = _key(data, "-sample_x")
     positions_file, positions_path, position_rows = data[x_key]
@@ -117,7 +107,7 @@ def test_fly_scan_frames_and_positions_match(session, docs):
         assert f["entry/instrument/det1"].attrs["NX_class"] == "NXdetector"
 
 
-def test_snake_fly_scan_covers_the_grid_and_the_catalogue_serves_it(session, docs):
+def test_snake_fly_scan_covers_the_grid_and_the_catalogue_serves_it(session, session_docs):
     """A 3 x 5 snake: rows alternate direction; the catalogue's arrays equal the files and
     reshape to the grid."""
     d = session.devices
@@ -126,8 +116,8 @@ def test_snake_fly_scan_covers_the_grid_and_the_catalogue_serves_it(session, doc
         plans.snake_fly_scan([det1], y, -0.5, 0.5, 3, x, -0.4, 0.4, 5, panda=panda1, velocity=2.0)
     )
     assert result.exit_status == "success", result.reason
-    _validated(docs)
-    data = _stream_data(docs)
+    _validated(session_docs)
+    data = _stream_data(session_docs)
     x_file, x_path, rows = data[_key(data, "-sample_x")]
     assert rows == 15
     grid_x = _read(x_file, x_path).reshape(3, 5)
@@ -158,7 +148,7 @@ def test_snake_fly_scan_covers_the_grid_and_the_catalogue_serves_it(session, doc
         ({"velocity": 40.0, "exposure": 0.004}, r"faster than det1 can take frames"),
     ],
 )
-def test_fly_scan_refuses_what_the_hardware_cannot_do(session, docs, kwargs, message):
+def test_fly_scan_refuses_what_the_hardware_cannot_do(session, session_docs, kwargs, message):
     """Bad arguments fail before the run opens and before anything moves."""
     d = session.devices
     x = d["sample_x"]
@@ -170,19 +160,19 @@ def test_fly_scan_refuses_what_the_hardware_cannot_do(session, docs, kwargs, mes
                 [d["det1"]], x, args.pop("start"), args.pop("stop"), 21, panda=d["panda1"], **args
             )
         )
-    assert not [name for name, _ in docs if name == "start"]
+    assert not [name for name, _ in session_docs if name == "start"]
     assert session.RE(bps.rd(x.user_readback)).plan_result == before
 
 
-def test_step_scan_with_the_area_detector(session, docs):
+def test_step_scan_with_the_area_detector(session, session_docs):
     """A step scan takes one frame per point into one file; the spot follows the stage."""
     d = session.devices
     det1, x, y = d["det1"], d["sample_x"], d["sample_y"]
     session.RE(bps.mv(y, 0.0))
     result = session.RE(plans.step_scan([det1], x, -2.0, 2.0, 5, exposure=0.01))
     assert result.exit_status == "success", result.reason
-    _validated(docs)
-    data = _stream_data(docs)
+    _validated(session_docs)
+    data = _stream_data(session_docs)
     frames_file, path, rows = data["det1"]
     assert rows == 5
     frames = _read(frames_file, path)
@@ -217,8 +207,8 @@ configure_ca_client(*state.ports)
 detector = state.iocs["detector"]
 try:
     session = Session(profile, settings, live_table=False, plots=False)
-    docs = []
-    session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    session_docs = []
+    session.RE.subscribe(lambda name, doc: session_docs.append((name, doc)))
     d = session.devices
 
     def kill_after(frames):
@@ -234,13 +224,13 @@ try:
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     session.close()
-    stop = next(doc for name, doc in docs if name == "stop")
+    stop = next(doc for name, doc in session_docs if name == "stop")
     resource = next(
-        doc for name, doc in docs if name == "stream_resource" and doc["data_key"] == "det1"
+        doc for name, doc in session_docs if name == "stream_resource" and doc["data_key"] == "det1"
     )
     referenced = sum(
         doc["indices"]["stop"] - doc["indices"]["start"]
-        for name, doc in docs
+        for name, doc in session_docs
         if name == "stream_datum" and doc["stream_resource"] == resource["uid"]
     )
     # The dead IOC left its file flagged open for write, as a crashed areaDetector does: it

@@ -17,7 +17,8 @@ import pytest
 from bluesky import RunEngine
 from bluesky.preprocessors import SupplementalData, run_decorator
 from bluesky.run_engine import get_bluesky_event_loop
-from event_model import pack_event_page
+from event_model import compose_run, pack_event_page
+from nexus_readers import read_all
 from ophyd.sim import det, det4, motor, motor1, motor2
 
 import hutch
@@ -123,6 +124,13 @@ def test_count_writes_nexus_entry(run_engine, writer, docs):
         assert data["det"] == instrument["det/data"]  # a hard link, not a copy
         assert entry["operator"].attrs["NX_class"] == "NXuser"
         assert text(entry["operator/name"]) == "Ada"
+        assert "process" not in entry  # not a derived run
+
+    # No axis: readers plot the points against their index.
+    reads = read_all(path)
+    assert reads["entry/data"].scipp.dims == ("dim_0",)
+    assert reads["entry/data"].silx_axes == [None]
+    assert reads["entry/data"].nexusformat_axes == ["Axis0"]
 
 
 def test_scan_links_axes_and_positions(run_engine, writer, docs):
@@ -147,13 +155,29 @@ def test_grid_scan_has_both_axes(run_engine, writer, docs):
     with h5py.File(writer.path_for(uid), "r") as f:
         data = f["entry/data"]
         assert data.attrs["signal"] == "det4"
-        assert list(data.attrs["axes"]) == ["motor1"]  # the signal is 1-D: one entry
+        # The points as taken, scattered: the signal is 1-D, so one entry in @axes (the
+        # fast axis), both positions coordinates of that one dimension.
+        assert list(data.attrs["axes"]) == ["motor2"]
         assert data.attrs["motor1_indices"] == data.attrs["motor2_indices"] == 0
+        assert list(data.attrs["coordinates"]) == ["motor1", "motor2"]
         for key in ("det4", "motor1", "motor2"):
             assert data[key].shape == (12,)
             np.testing.assert_array_equal(data[key][()], column(docs, key))
         assert set(np.round(data["motor2"][()], 6)) == set(np.round(np.linspace(-1, 1, 4), 6))
         assert f["entry/instrument/det4/center"].shape == (2,)
+
+        # And on the grid: rows of motor1, columns of motor2, the default plot.
+        assert f["entry"].attrs["default"] == "map"
+        grid = f["entry/map"]
+        assert grid.attrs["signal"] == "det4"
+        assert list(grid.attrs["axes"]) == ["motor1", "motor2"]
+        assert (grid.attrs["motor1_indices"], grid.attrs["motor2_indices"]) == (0, 1)
+        np.testing.assert_array_equal(grid["det4"][()], column(docs, "det4").reshape(3, 4))
+        np.testing.assert_allclose(grid["motor1"][()], np.linspace(-1, 1, 3))
+        np.testing.assert_allclose(grid["motor2"][()], np.linspace(-1, 1, 4))
+        points = grid["motor2_points"][()]
+        np.testing.assert_array_equal(points, column(docs, "motor2").reshape(3, 4))
+        assert list(grid.attrs["motor2_points_indices"]) == [0, 1]
 
 
 def test_baseline_stream_has_its_own_group(run_engine, writer, docs):
@@ -221,6 +245,15 @@ def test_ophyd_async_devices_units_arrays_strings(run_engine, writer, docs):
         for key, data_key in descriptor["data_keys"].items():
             if data_key.get("units"):
                 assert data[nx_name(key)].attrs["units"] == data_key["units"]
+        # A spectrum beside a scalar signal has no dimension a reader could tell: it stays
+        # in the detector's group. Strings of one value per point are shown.
+        assert "det_spectrum" not in data
+        assert list(data["det_mode"].asstr()[()]) == ["high-gain"] * 3
+
+    reads = read_all(writer.path_for(uid))
+    assert reads["entry/data"].scipp.dims == ("stage",)
+    assert list(reads["entry/data"].scipp.coords["det_mode"].values) == ["high-gain"] * 3
+    assert reads["entry/instrument/det"].scipp.dims == ("dim_0",)  # @signal diode
 
 
 def test_file_is_readable_while_the_run_is_in_progress(run_engine, writer, docs, tmp_path):
@@ -333,3 +366,107 @@ def test_beamline_in_filename(run_engine, writer):
     assert path.name == f"bl7_00042_{uid[:8]}.nxs"
     with h5py.File(path, "r") as f:
         assert text(f["entry/instrument/name"]) == "bl7"
+
+
+def _derived_run(raw_uid: str, **md):
+    """A derived run of raw run ``raw_uid`` as `hutch.reduction`'s runner composes it: an
+    I(q) per point of motor x, with its radial axis q given with every point."""
+    reduction = {
+        "name": "det_iq",
+        "kind": "azimuthal",
+        "version": "2",
+        "parameters": {"detector": "det", "npt": 4},
+        "raw_uid": raw_uid,
+        "raw_plan_name": "scan",
+        "program": "hutch",
+        "program_version": hutch.__version__,
+    }
+    run = compose_run(
+        metadata={
+            "plan_name": "reduce det_iq",
+            "raw_uid": raw_uid,
+            "reduction": reduction,
+            "detectors": ["det_iq"],
+            "motors": ["x"],
+            "hints": {"dimensions": [[["x"], "primary"]]},
+            **md,
+        }
+    )
+    array = {"dtype": "array", "shape": [4], "dtype_numpy": "<f8", "source": "reduction:det_iq"}
+    stream = run.compose_descriptor(
+        name="primary",
+        data_keys={
+            "x": {"dtype": "number", "shape": [], "source": "raw:x", "units": "mm"},
+            "iq": {**array, "units": "counts"},
+            "q": {**array, "units": "1/angstrom"},
+        },
+        object_keys={"det_iq": ["iq", "q"], "x": ["x"]},
+        hints={"det_iq": {"fields": ["iq", "q"]}, "x": {"fields": ["x"]}},
+    )
+    return run, stream
+
+
+def test_derived_run_records_its_reduction_and_shows_q_as_an_axis(run_engine, writer, tmp_path):
+    (raw_uid,) = run_engine(bp.scan([det], motor, -1, 1, 3), beamline="bl1", scan_id=7)
+    run, stream = _derived_run(raw_uid, beamline="bl1", scan_id=7)
+    writer("start", run.start_doc)
+    writer("descriptor", stream.descriptor_doc)
+    path = writer.last_path
+    q = np.linspace(0.5, 2.0, 4)
+
+    def event(i: int, q_row: np.ndarray) -> None:
+        writer(
+            "event",
+            stream.compose_event(
+                data={"x": float(i), "iq": np.arange(4.0) * i, "q": q_row},
+                timestamps={"x": 0.0, "iq": 0.0, "q": 0.0},
+            ),
+        )
+
+    for i in range(3):
+        event(i, q)
+    with h5py.File(path, "r", locking=False) as f:
+        data = f["entry/data"]
+        assert data.attrs["signal"] == "iq"
+        assert list(data.attrs["axes"]) == ["x", "q"]
+        assert (data.attrs["x_indices"], data.attrs["q_indices"]) == (0, 1)
+        np.testing.assert_array_equal(data["q"][()], q)  # once: the same at every point
+        assert data["q"].attrs["units"] == "1/angstrom"
+        assert data["iq"].shape == (3, 4)
+
+        process = f["entry/process"]
+        assert process.attrs["NX_class"] == "NXprocess"
+        assert text(process["program"]) == "hutch azimuthal"
+        assert text(process["version"]) == "2"
+        assert text(process["raw_uid"]) == raw_uid
+        assert json.loads(text(process["parameters/data"])) == {"detector": "det", "npt": 4}
+        raw_name = writer.path_for(raw_uid).name
+        assert raw_name == f"bl1_00007_{raw_uid[:8]}.nxs"
+        assert text(process["raw/file_name"]) == raw_name
+        assert process["raw_data"].attrs["signal"] == "det"  # the raw file's /entry/data
+        assert data["iq"] == process["iq"]  # the results live in the process
+        assert "det_iq" not in f["entry/instrument"]  # a reduction is no instrument
+        assert f["entry/instrument/x/value"] == data["x"]
+
+    # A q that changes (the detector moved): a coordinate per point, no longer an axis.
+    event(3, q * 1.1)
+    writer("stop", run.compose_stop())
+    with h5py.File(path, "r") as f:
+        data = f["entry/data"]
+        assert list(data.attrs["axes"]) == ["x", "."]
+        assert "q_indices" not in data.attrs
+        assert data["q"] == f["entry/process/q"]
+        assert data["q"].shape == (4, 4)
+    reads = read_all(path)
+    assert reads["entry/data"].scipp.dims == ("x", "dim_1")
+    assert reads["entry/data"].scipp.coords["q"].shape == (4, 4)
+
+    # Written elsewhere (a replay): the raw file is named, and not linked where it is not.
+    elsewhere = NexusWriter(tmp_path / "elsewhere")
+    run, stream = _derived_run(raw_uid, beamline="bl1", scan_id=7)
+    for name, doc in [("start", run.start_doc), ("descriptor", stream.descriptor_doc)]:
+        elsewhere(name, doc)
+    elsewhere.close()
+    with h5py.File(elsewhere.last_path, "r") as f:
+        assert text(f["entry/process/raw/file_name"]) == f"bl1_00007_{raw_uid[:8]}.nxs"
+        assert "raw_data" not in f["entry/process"]

@@ -20,6 +20,7 @@ def test_demo_profile_loads():
         "det",
         "panda1",
         "det1",
+        "det2",
     }
     assert profile.iocs == ["main", "detector"]
     assert profile.device("det1").ioc == "detector"

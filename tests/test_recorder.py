@@ -18,7 +18,7 @@ from event_model import compose_run
 
 from hutch.catalog import get_run
 from hutch.recorder import Recorder, RecorderConfig, RecorderError
-from hutch.recording import _coalesce
+from hutch.recording_queue import coalesce as _coalesce
 from hutch.services import process_alive
 
 TIMEOUT = 60.0

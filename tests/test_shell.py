@@ -139,7 +139,7 @@ def test_shell_scans_moves_counts_and_keeps_metadata_across_sessions(shell_env, 
     term = _shell(tmp_path, env, "--profile", "demo")
     try:
         banner = term.started()
-        assert "7 connected: sample_x sample_y slit_gap ring_current det panda1 det1" in banner
+        assert "8 connected: sample_x sample_y slit_gap ring_current det panda1 det1 det2" in banner
         assert "NOT CONNECTED" not in banner
         assert f"PNGs in {settings.plot_dir} (no display)" in banner
         assert "%wa" in banner and "scan" in banner
@@ -160,7 +160,7 @@ def test_shell_scans_moves_counts_and_keeps_metadata_across_sessions(shell_env, 
         assert abs(_positioner(out, "sample_x") - 1.0) < 1e-3  # where the scan ended
         assert re.search(r"^\s+slit_gap\s.*mm\s+\(ophyd\)$", out, re.MULTILINE), out
         assert re.search(r"ring_current-current\s+\d", out), out
-        assert "Detectors writing files (read within runs): panda1, det1" in out
+        assert "Detectors writing files (read within runs): panda1, det1, det2" in out
 
         out = term.run("%mov sample_x 0.5")
         assert abs(_positioner(out, "sample_x") - 0.5) < 1e-3
@@ -223,7 +223,7 @@ def test_shell_lists_devices_that_did_not_connect_and_still_scans(shell_env, tmp
     term = _shell(tmp_path, env, "--profile", str(profile), "--timeout", "3")
     try:
         banner = term.started()
-        assert "7 connected: sample_x sample_y slit_gap ring_current det panda1 det1" in banner
+        assert "8 connected: sample_x sample_y slit_gap ring_current det panda1 det1 det2" in banner
         assert "NOT CONNECTED (1;" in banner
         match = re.search(r"ghost: missing PVs (.*?) plans ", banner)
         assert match and "NOWHERE:M1." in match.group(1), banner
@@ -272,7 +272,7 @@ def test_where_all_reads_both_device_generations(session):
     readings = {r.name: r for r in report.readings}
     assert readings["ring_current"].values["ring_current-current"] > 0
     assert set(readings["det"].values) >= {"det-I0", "det-diode"}
-    assert report.file_writers == ["panda1", "det1"]
+    assert report.file_writers == ["panda1", "det1", "det2"]
     text = format_where_all(report)
     assert "NOT CONNECTED    ghost: missing NOWHERE:M1.VAL, NOWHERE:M1.RBV" in text
     session.RE(bps.mv(d["sample_x"], 0.0, d["slit_gap"], 1.0))  # as the simulator starts

@@ -331,13 +331,19 @@ def _summaries(runs: Iterable[Container], base: str) -> list[RunSummary]:
 
 
 def get_run(container: Container, key: str | int) -> Container:
-    """One run by uid (or a unique uid prefix of 5+ characters), scan_id, or -N for the Nth newest.
+    """One run by uid (or a unique uid prefix of 5+ characters), scan_id, or -N for the Nth
+    newest measured run (not counting derived runs).
 
     Raises ``KeyError`` if there is no such run, `AmbiguousScanIdError` (a ``ValueError``)
     if several runs have the scan id, ``ValueError`` for a uid prefix too short or shared.
     """
+    runs = _v3(container)
+    if isinstance(key, int) and key < 0:
+        # The Nth newest measurement: derived runs (reductions, ``start.raw_uid``) follow
+        # their raw run and are found by uid.
+        runs = runs.search(KeyPresent("start.raw_uid", exists=False))
     try:
-        return _v3(container)[key]
+        return runs[key]
     except IndexError:  # -N beyond the number of runs
         raise KeyError(key) from None
 

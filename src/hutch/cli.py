@@ -19,6 +19,7 @@ from hutch.config import Settings
 from hutch.errors import HutchError, PlanArgumentError, Refusal
 from hutch.profile import Profile, ProfileError, load_profile
 from hutch.queue.cli import register as register_queue
+from hutch.reduction.cli import register as register_reduce
 
 __all__ = ["main"]
 
@@ -321,7 +322,12 @@ def _cmd_shell(args: argparse.Namespace) -> int:
     from hutch.shell import run_shell
 
     return run_shell(
-        args.profile, args.data_dir, sim=args.sim, port=args.port, connect_timeout=args.timeout
+        args.profile,
+        args.data_dir,
+        sim=args.sim,
+        port=args.port,
+        connect_timeout=args.timeout,
+        plots=not args.no_plots,
     )
 
 
@@ -333,6 +339,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         ioc = f"  (IOC {spec.ioc})" if several else ""
         print(f"  {spec.name:14} {spec.cls:34} {spec.prefix}{ioc}")
     print(f"  plans: {', '.join(profile.plans)}")
+    for spec in profile.reductions:
+        on = f" on runs of {', '.join(spec.plans)}" if spec.plans is not None else ""
+        print(f"  reduction {spec.name}: {spec.kind} of {spec.model_extra['detector']}{on}")
     return 0
 
 
@@ -522,6 +531,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_profile)
 
     register_queue(sub)
+    register_reduce(sub)
 
     p = sub.add_parser(
         "shell",
@@ -551,6 +561,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="seconds to connect all devices (default 5)",
+    )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="no live plot windows (they open, in a process of their own, when a display is "
+        "there); the PNGs are still saved",
     )
     p.set_defaults(func=_cmd_shell)
     return parser

@@ -23,6 +23,14 @@ from hutch.ca import configure_ca_client
 from hutch.callbacks.nexus import nx_name
 from hutch.catalog import search_runs, stop_catalog
 from hutch.config import Settings
+from hutch.demo_reductions import (
+    check_derived,
+    check_replay,
+    check_spot_centroids,
+    powder_run,
+    print_derived,
+    steering_runs,
+)
 from hutch.devices import AreaDetector, PandA, Scaler
 from hutch.export import export_nexus, nexus_differences
 from hutch.profile import Profile, ProfileError
@@ -148,6 +156,7 @@ def _check_outputs(summary: DemoSummary, session: Session, run: DemoRun) -> None
             )
         except KeyError:
             summary.check(f"{tag}: catalogued", False, f"{r.uid} not in the catalogue")
+    check_derived(summary, session, run)
 
 
 def _print_run(run: DemoRun, out) -> None:
@@ -161,6 +170,7 @@ def _print_run(run: DemoRun, out) -> None:
     print(f"    NeXus      {r.nexus}", file=out)
     print(f"    catalogue  {r.catalog_uri}", file=out)
     print(f"    plot       {r.png}", file=out)
+    print_derived(run, out)
     if "longest_gap_seconds" in run.extra:
         e = run.extra
         print(
@@ -317,6 +327,8 @@ def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None
     if session.suspenders:
         _beam_dump_run(profile, session, summary, record, det)
     _fly_runs(session, summary, record)
+    powder_run(session, summary, record)
+    steering_runs(session, summary, record, det)
     _queued_runs(profile, session, summary, det)
     _data_management(session, summary, det)
 
@@ -370,11 +382,16 @@ def _fly_runs(session: Session, summary: DemoSummary, record: Callable[..., Demo
     def frames(points: int) -> dict[str, Any]:
         return {"frames": {"points": points, "data_key": det.name}}
 
-    record(
+    run = record(
         "step scan with the area detector",
         RE(plans.step_scan([det], x, -2.0, 2.0, 9, exposure=0.01)),
         **frames(9),
     )
+    check_spot_centroids(summary, session, run, det.name, y=0.0)
+    for spec in session.profile.reductions:
+        if (spec.model_extra or {}).get("detector") == det.name:
+            check_replay(summary, session, run, spec.name)
+            break
     run = record(
         "fly scan: PandA-triggered frames on the fly",
         RE(plans.fly_scan([det], x, -3.0, 3.0, 61, panda=panda, velocity=3.0)),

@@ -24,7 +24,14 @@ from tiled.client.container import Container
 from hutch.catalog import documents_of, get_run
 from hutch.errors import HutchError
 
-__all__ = ["ExportError", "export_nexus", "nexus_differences", "write_nexus"]
+__all__ = [
+    "ExportError",
+    "export_nexus",
+    "find_run",
+    "in_order",
+    "nexus_differences",
+    "write_nexus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ class ExportError(HutchError):
     """A run could not be found in the catalogue or written out; the message says which."""
 
 
-def _find_run(container: Container, key: str | int) -> Container:
+def find_run(container: Container, key: str | int) -> Container:
     """The run ``key`` names; a string of digits is a scan id, or -N, as an int would be."""
     where = f"the catalogue {container.uri}"
     text = str(key).strip()
@@ -65,7 +72,7 @@ def _find_run(container: Container, key: str | int) -> Container:
     raise ExportError(f"no {what} in {where}")
 
 
-def _in_order(docs: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def in_order(docs: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documents in an order a live consumer would have seen them, events packed in pages.
 
     The catalogue rebuilds a run's documents from what it stored and orders them by time, so
@@ -133,7 +140,7 @@ def write_nexus(documents: Iterable[tuple[str, dict[str, Any]]], directory: Path
     writer = NexusWriter(Path(directory))
     uid = None
     try:
-        for name, doc in _in_order(documents):
+        for name, doc in in_order(documents):
             if name == "start":
                 if uid is not None:
                     raise ExportError(f"a second run ({doc.get('uid')}) follows run {uid}")
@@ -165,7 +172,7 @@ def export_nexus(container: Container, key: str | int, directory: Path | str) ->
     is no such run or the catalogue cannot replay it, and naming the file if it could not be
     written completely.
     """
-    run = _find_run(container, key)
+    run = find_run(container, key)
     try:
         return write_nexus(documents_of(run), directory)
     except (httpx.HTTPError, ValueError) as exc:  # tiled's ClientError is an HTTPError

@@ -29,6 +29,7 @@ __all__ = [
     "ProfileError",
     "QueueGroup",
     "QueueSpec",
+    "ReductionSpec",
     "SimulationSpec",
     "SuspenderSpec",
     "find_profile",
@@ -158,6 +159,47 @@ class SuspenderSpec(_Strict):
         return self
 
 
+class ReductionSpec(BaseModel):
+    """A reduction the beamline runs live on its runs and on replay (`hutch reduce`): its
+    ``name``, its ``kind`` (``roi_stats``, ``peak_stats``, ``normalise``, ``azimuthal`` or
+    ``module:Class``), the ``plans`` whose runs it reduces (default: every run holding its
+    detector), and its parameters, every other key (``detector`` and the kind's own)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    kind: str
+    plans: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"reduction name {value!r} is not an identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _parameters(self) -> ReductionSpec:
+        self.reduction_class().Parameters.model_validate(self.model_extra or {})
+        return self
+
+    def reduction_class(self) -> type:
+        from hutch.reduction.base import reduction_class
+
+        return reduction_class(self.kind)
+
+    def make(self, base: Path | None = None) -> Any:
+        """A fresh `hutch.reduction.Reduction` of this spec (file parameters relative to
+        ``base``, the profile's folder)."""
+        cls = self.reduction_class()
+        parameters = cls.Parameters.model_validate(self.model_extra or {})
+        return cls(self.name, parameters.resolved(base or Path.cwd()))
+
+    def applies_to(self, start: Mapping[str, Any]) -> bool:
+        """Whether it reduces the run that ``start`` opens (by plan name)."""
+        return self.plans is None or start.get("plan_name") in self.plans
+
+
 class SimulationSpec(_Strict):
     """How ``hutch sim`` simulates this beamline."""
 
@@ -274,6 +316,8 @@ class Profile(_Strict):
     suspenders: list[SuspenderSpec] = []
     simulation: SimulationSpec = SimulationSpec()
     queue: QueueSpec = QueueSpec()
+    reductions: list[ReductionSpec] = []
+    """Reductions run live on the beamline's runs (`hutch.reduction`)."""
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("plans")
@@ -311,6 +355,17 @@ class Profile(_Strict):
                     f"queue.groups.{group_name}.plans names plan(s) the profile does not offer: "
                     f"{', '.join(unoffered)}"
                 )
+        reductions = [r.name for r in self.reductions]
+        duplicates = sorted({n for n in reductions if reductions.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate reduction name(s): {', '.join(duplicates)}")
+        for i, reduction in enumerate(self.reductions):
+            detector = (reduction.model_extra or {}).get("detector")
+            if detector not in names:
+                raise ValueError(
+                    f"reductions.{i}.detector names device {detector!r}, which is not in "
+                    "[[devices]]"
+                )
         peak = self.simulation.peak
         if peak is not None:
             for key in ("axis", "gap", "current"):
@@ -327,6 +382,19 @@ class Profile(_Strict):
         first, the others in profile order. The first is served on the simulation port."""
         names = list(dict.fromkeys(spec.ioc for spec in self.devices))
         return sorted(names, key=lambda name: name != MAIN_IOC)
+
+    def reductions_for(self, start: Mapping[str, Any]) -> list[Any]:
+        """Fresh reductions for the run that ``start`` opens (`ReductionSpec.applies_to`)."""
+        base = self.path.parent if self.path else None
+        return [spec.make(base) for spec in self.reductions if spec.applies_to(start)]
+
+    def reduction(self, name: str) -> ReductionSpec:
+        """The reduction called ``name``."""
+        for spec in self.reductions:
+            if spec.name == name:
+                return spec
+        known = ", ".join(r.name for r in self.reductions) or "none"
+        raise KeyError(f"profile {self.name!r} has no reduction {name!r} (it has: {known})")
 
     def device(self, name: str) -> DeviceSpec:
         """The spec of the device called ``name``."""

@@ -31,7 +31,7 @@ What it guarantees:
 - **The catalogue gets every event received, batched.** bluesky-tiled-plugins'
   ``TiledWriter`` sends events ``DEFAULT_BATCH_SIZE`` at a time (one HTTP request each) and
   has no flush of its own; the recorder writes the rest of a batch once it has been idle
-  for ``hutch.recording._CATALOG_IDLE_S``, before it reports a run written, and before it
+  for ``hutch.recording_queue.CATALOG_IDLE_S``, before it reports a run written, and before it
   exits (session closed or dead).
 - **``RE(plan)`` returns when the run is written.** At a stop document the `Recorder` waits
   until the recorder has closed the run in every writer, and learns where its files went.
@@ -96,6 +96,11 @@ class RecorderConfig(BaseModel):
     plot_dir: Path | None = None
     catalog_uri: str | None = None
     catalog_api_key: str | None = None
+    reductions: list[dict[str, Any]] = []
+    """The profile's reductions (`hutch.profile.ReductionSpec` as dicts), run live by the
+    recorder's reduction lane (`hutch.reduction.lane`); their derived runs are written too."""
+    reductions_base: Path | None = None
+    """The folder file parameters of reductions are relative to (the profile's)."""
 
 
 class _Wiring(BaseModel):
@@ -148,6 +153,11 @@ class Recorder:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # One OpenMP thread for the reductions' numerical libraries (pyFAI) unless
+                # the user chose: on a small machine a second one took the core the scan
+                # runs on, and made pyFAI itself 5 to 30 times slower under load
+                # (docs/performance.md, online reduction).
+                env={"OMP_NUM_THREADS": "1", **os.environ},
             )
         self._process.stdin.write(wiring.model_dump_json().encode())
         self._process.stdin.close()
@@ -158,6 +168,7 @@ class Recorder:
         self._synced = 0
         self._errors: list[str] = []
         self._outputs: dict[str, dict[str, str]] = {}
+        self._reduced: dict[str, list[str]] = {}  # raw run uid -> its derived runs' uids
         atexit.register(self.close)
 
     @property
@@ -228,6 +239,20 @@ class Recorder:
     def outputs(self, uid: str) -> dict[str, str]:
         """Files written for the finished run ``uid`` (empty while it is open or unknown)."""
         return self._outputs.get(uid, {})
+
+    def derived_runs(self, uid: str, timeout: float | None = 60.0) -> list[str]:
+        """The uids of the derived runs the profile's reductions made of the finished run
+        ``uid``, once they are all written (they are reduced after the run, live, so
+        ``RE(plan)`` does not wait for them); none without reductions."""
+        if not self.config.reductions:
+            return []
+        self._check_open()
+        self._wait_for(
+            lambda: uid in self._reduced and all(d in self._outputs for d in self._reduced[uid]),
+            timeout,
+            f"reduce run {uid}",
+        )
+        return list(self._reduced[uid])
 
     def close(self, timeout: float = 60.0) -> None:
         """Let the recorder write what it has, then stop it. Safe to call twice.
@@ -310,6 +335,9 @@ class Recorder:
                 self._closed = True
             elif "done" in reply:
                 self._outputs[reply["done"]] = reply["outputs"]
+            elif "reduced" in reply:
+                raw, derived = reply["reduced"]
+                self._reduced[raw] = derived
             elif "synced" in reply:
                 self._synced = max(self._synced, reply["synced"])
             elif "error" in reply:

@@ -3,7 +3,7 @@
 to NeXus, PNG and the catalogue.
 
 Three threads: one receives and acknowledges each message (it needs only 0MQ, so a session
-can send from the recorder's first moments); the catalogue's lane (`_CatalogLane`) imports
+can send from the recorder's first moments); the catalogue's lane (`CatalogLane`) imports
 and starts the tiled client first, then writes; the main thread starts the NeXus and plot
 writers once the catalogue's imports are done, so that their imports and writing overlap
 the catalogue's HTTP requests, which mostly wait for its server, and it alone sends the
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import logging
 import os
 import pickle
@@ -22,32 +21,23 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from hutch.recorder import _CLOSE, _POLL_MS, _SYNC, RecorderConfig, _Wiring
+from hutch.recording_catalog import CatalogLane
+from hutch.recording_queue import HIGH_WATER_MARK, WAKE, coalesce, unpack
+from hutch.reduction.lane import ReductionLane
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-# Messages the recorder holds (received and acknowledged) before it stops acknowledging:
-# minutes of a fast scan.
-_HIGH_WATER_MARK = 100_000
-# The catalogue's held-back events are written once the recorder has had nothing to do for
-# this long: never while a fast scan keeps it busy (each request costs ~50 ms of the tiled
-# server, so a request per event would load the machine that acquires), at once after it.
-_CATALOG_IDLE_S = 0.1
 # The receiving thread acknowledges while a writer runs Python code; a switch interval
 # shorter than CPython's 5 ms default lets it take the GIL sooner.
 _SWITCH_INTERVAL_S = 0.0005
-
-
-# What a lane other than the main thread's posts for the main thread to send, and the item
-# that wakes the main thread to send it.
-_WAKE = object()
 
 
 class _Outbox:
@@ -75,7 +65,7 @@ class _Outbox:
         """From another lane: queue news for the main thread, and wake it."""
         self._posted.put((kind, value))
         with contextlib.suppress(queue.Full):  # full: it is busy, and sends it soon anyway
-            self._received.put_nowait(_WAKE)
+            self._received.put_nowait(WAKE)
 
     def error(self, message: str) -> None:
         self.send(error=message)
@@ -127,75 +117,9 @@ class _ReplyLog(logging.Handler):
         self._outbox.send(log=(record.levelno, record.name, message))
 
 
-def _write_held_events(run_writer: Any) -> None:
-    """Write the events (and stream datums) that one run's writer of bluesky-tiled-plugins
-    holds back for a batch, as its stop document would.
-
-    Private API, kept to this function: bluesky-tiled-plugins 2.0.12's ``_RunWriter`` writes
-    held rows only when ``batch_size`` of them have come or at the stop document, and
-    ``TiledWriter`` has no public flush. These are the calls its ``stop()`` and
-    ``stream_datum()`` make. A public ``TiledWriter.flush()`` upstream would replace this.
-    """
-    for stream, rows in run_writer._internal_data_cache.items():
-        if rows:
-            run_writer._write_internal_data(rows, desc_node=run_writer._desc_nodes[stream])
-            rows.clear()  # only once written: a failed request is tried again later
-    for resource in list(run_writer._external_data_cache):
-        run_writer._write_external_data(run_writer._external_data_cache[resource])
-        del run_writer._external_data_cache[resource]
-
-
-class _Normalizer:
-    """``TiledWriter``'s per-run document normalizer (bluesky-tiled-plugins' own
-    ``RunNormalizer``, through its public ``normalizer`` hook) that also notes which per-run
-    writer it feeds, so that the recorder can flush it."""
-
-    def __init__(self, open_runs: dict[str, Any], **options: Any) -> None:
-        from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
-
-        self._normalizer = RunNormalizer(**options)
-        self._open_runs = open_runs
-        self._run_writer: Any = None
-
-    def subscribe(self, run_writer: Any, name: str = "all") -> int:
-        self._run_writer = run_writer
-        return self._normalizer.subscribe(run_writer, name)
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> Any:
-        if name == "start":
-            self._open_runs[doc["uid"]] = self._run_writer
-        return self._normalizer(name, doc)
-
-
-class _CatalogWriter:
-    """bluesky-tiled-plugins' ``TiledWriter`` (``batch_size`` events per request) and
-    ``flush()``, which writes the events it holds back for a batch."""
-
-    def __init__(self, container: Any, batch_size: int) -> None:
-        from bluesky_tiled_plugins import TiledWriter
-
-        self._open_runs: dict[str, Any] = {}  # run uid -> its writer, until its stop
-        self._writer = TiledWriter(
-            container,
-            batch_size=batch_size,
-            normalizer=functools.partial(_Normalizer, self._open_runs),
-        )
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        try:
-            self._writer(name, doc)
-        finally:
-            if name == "stop":
-                self._open_runs.pop(doc["run_start"], None)
-
-    def flush(self) -> None:
-        for run_writer in self._open_runs.values():
-            _write_held_events(run_writer)
-
-
 class _Writers:
     """The recorder's file writers, NeXus and plot, in the main thread (the catalogue's has
-    a lane of its own, `_CatalogLane`). Each document goes to every one of them: one failing
+    a lane of its own, `CatalogLane`). Each document goes to every one of them: one failing
     does not keep it from the others, and its error goes back to the session."""
 
     def __init__(self, config: RecorderConfig, outbox: _Outbox) -> None:
@@ -290,129 +214,6 @@ class _Writers:
         self._outbox.error(message)
 
 
-class _CatalogLane:
-    """The catalogue's writer, in a thread of its own with its own queue of what the session
-    sent: its imports (the tiled client's, the longest) start first and alone, and then its
-    HTTP requests, which mostly wait for the catalogue's server, overlap the NeXus and plot
-    writers' imports and writing in the main thread, instead of following them.
-
-    Like the main thread it packs queued events into pages, writes the events it holds back
-    for a batch once it has been idle for ``_CATALOG_IDLE_S``, at a sync and before it ends,
-    and reports each run's stop, each sync and each error to the `_Outbox`.
-    """
-
-    def __init__(self, config: RecorderConfig, outbox: _Outbox) -> None:
-        self.received: queue.Queue = queue.Queue(maxsize=_HIGH_WATER_MARK)
-        self.imported = threading.Event()  # its CPU-bound start-up is over
-        self.started = threading.Event()  # its writer is up (or failed: ``failure``)
-        self.failure: BaseException | None = None
-        self._outbox = outbox
-        self._writer: _CatalogWriter | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(config,), name="catalog", daemon=True
-        )
-        self._thread.start()
-
-    def finish(self, outbox: _Outbox) -> None:
-        """Let it write what it has and end; deliver its last news (main thread)."""
-        if self._thread.is_alive():
-            self.received.put(None)
-        while self._thread.is_alive():
-            self._thread.join(0.05)
-            outbox.deliver()
-        outbox.deliver()
-
-    def _run(self, config: RecorderConfig) -> None:
-        try:
-            from hutch.catalog import DEFAULT_BATCH_SIZE, CatalogConfig, runs_container
-
-            self.imported.set()
-            catalog = CatalogConfig(uri=config.catalog_uri or "", api_key=config.catalog_api_key)
-            container = runs_container(catalog, config.beamline)
-            self._writer = _CatalogWriter(container, DEFAULT_BATCH_SIZE)
-        except BaseException as exc:  # the main thread raises it: the recorder cannot start
-            self.failure = exc
-            return
-        finally:
-            self.imported.set()
-            self.started.set()
-        self._write_received()
-
-    def _write_received(self) -> None:
-        held = False  # the writer may hold events back for a batch
-        while True:
-            try:
-                item = self.received.get(timeout=_CATALOG_IDLE_S if held else None)
-            except queue.Empty:  # idle for a while: get the held events into the catalogue
-                self._flush()
-                held = False
-                continue
-            items = [item]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    items.append(self.received.get_nowait())
-            messages, ending = _messages(items)
-            for name, doc in _coalesce(messages):
-                if name == _SYNC:
-                    self._flush()
-                    held = False
-                    self._outbox.post("synced", doc)
-                    continue
-                self._write(name, doc)
-                held = held or name == "event_page"
-            if ending:
-                self._flush()
-                return
-
-    def _write(self, name: str, doc: Any) -> None:
-        try:
-            self._writer(name, doc)  # type: ignore[misc]
-        except Exception as exc:
-            logger.exception("catalog writer failed on a %s document", name)
-            self._outbox.error(f"catalog writer, {name} document: {type(exc).__name__}: {exc}")
-        if name == "stop":
-            self._outbox.post("done", (doc.get("run_start"), {}))
-
-    def _flush(self) -> None:
-        """Get the events the writer holds back for a batch into the catalogue."""
-        try:
-            self._writer.flush()  # type: ignore[union-attr]
-        except Exception as exc:
-            logger.exception("catalog writer failed to write the events it held")
-            self._outbox.error(f"catalog writer, held events: {type(exc).__name__}: {exc}")
-
-
-def _messages(items: list[Any]) -> tuple[list[tuple[str, Any]], bool]:
-    """The session's messages among ``items`` (pickled messages, None: the session died,
-    `_WAKE`), up to its close or death, and whether one of those came."""
-    messages = []
-    for data in items:
-        if data is _WAKE:
-            continue
-        message = None if data is None else pickle.loads(data)
-        if message is None or message[0] == _CLOSE:  # nothing comes after these
-            return messages, True
-        messages.append(message)
-    return messages, False
-
-
-def _coalesce(messages: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    """The messages in order, runs of events of one stream packed into one event page."""
-    from event_model import pack_event_page  # not before receiving: see _record
-
-    events: list[dict] = []
-    for name, doc in messages:
-        if events and (name != "event" or doc["descriptor"] != events[0]["descriptor"]):
-            yield "event_page", pack_event_page(*events)
-            events = []
-        if name == "event":
-            events.append(doc)
-        else:
-            yield name, doc
-    if events:
-        yield "event_page", pack_event_page(*events)
-
-
 def _receive(
     context: zmq.Context,
     wiring: _Wiring,
@@ -456,23 +257,26 @@ def _nothing_to_write(why: str) -> None:
     os._exit(0)
 
 
-def _write_received(writers: _Writers, received: queue.Queue, outbox: _Outbox) -> None:
-    """Write what the receiving thread queues until the session closes or dies, and send
-    what the catalogue's lane posts meanwhile."""
+def _write_received(writers: _Writers, received: queue.Queue, outbox: _Outbox, feeds: int) -> None:
+    """Write what the receiving thread (and the reduction lane) queue until the session
+    closes or dies (and the lane has ended: ``feeds`` ends in all), and send what the other
+    lanes post meanwhile."""
+    ended = 0
     while True:
         items = [received.get()]
         with contextlib.suppress(queue.Empty):
             while True:
                 items.append(received.get_nowait())
         outbox.deliver()
-        messages, ending = _messages(items)
-        for name, doc in _coalesce(messages):
+        messages, ends = unpack(items)
+        for name, doc in coalesce(messages):
             if name == _SYNC:
                 outbox.synced(doc)  # NeXus is flushed per page: written already
                 continue
             writers.write(name, doc)
         outbox.deliver()
-        if ending:
+        ended += ends
+        if ended >= feeds:
             return
 
 
@@ -483,19 +287,31 @@ def _record(wiring: _Wiring) -> bool:
     context = zmq.Context()
     replies = context.socket(zmq.PUSH)
     replies.connect(wiring.replies)
-    received: queue.Queue = queue.Queue(maxsize=_HIGH_WATER_MARK)
+    received: queue.Queue = queue.Queue(maxsize=HIGH_WATER_MARK)
     outbox = _Outbox(replies, received)
     logging.getLogger().addHandler(_ReplyLog(outbox))
 
     config = wiring.config
-    catalog: _CatalogLane | None = None
+    catalog: CatalogLane | None = None
     if config.catalog_uri is not None:
-        catalog = _CatalogLane(config, outbox)  # its imports start now (see the class)
+        catalog = CatalogLane(config, outbox)  # its imports start now (see the class)
         outbox.lanes = 2
+    writer_queues = [received] + ([catalog.received] if catalog else [])
+    feeds = 1
+    if config.reductions:
+        lane = ReductionLane(
+            config.reductions,
+            config.reductions_base,
+            writer_queues,
+            lambda kind, value: outbox.send(**{kind: value}),
+        )
+        feeds = 2  # the writers' queues end when the session and the lane have ended
+        if catalog is not None:
+            catalog.feeds = 2
     # Receiving first: from here on the session's documents are acknowledged and queued
     # while the writers start up (their imports take seconds); they catch up in order.
     stopping = threading.Event()
-    queues = [received] + ([catalog.received] if catalog else [])
+    queues = writer_queues + ([lane.received] if config.reductions else [])
     receiver = threading.Thread(
         target=_receive, args=(context, wiring, queues, stopping), name="receive", daemon=True
     )
@@ -505,7 +321,7 @@ def _record(wiring: _Wiring) -> bool:
     written = False
     try:
         if catalog is not None:
-            catalog.imported.wait()  # see _CatalogLane
+            catalog.imported.wait()  # see CatalogLane
         # If they cannot start, the process ends here, the reason in its log: the session
         # raises it at its next document (or `Recorder.wait_ready`).
         writers = _Writers(config, outbox)
@@ -514,7 +330,7 @@ def _record(wiring: _Wiring) -> bool:
             if catalog.failure is not None:
                 raise catalog.failure
         outbox.send(ready=os.getpid())
-        _write_received(writers, received, outbox)
+        _write_received(writers, received, outbox, feeds)
         written = True
     finally:
         stopping.set()

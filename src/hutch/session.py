@@ -262,6 +262,8 @@ class Session:
                 plot_dir=self.settings.plot_dir if plots else None,
                 catalog_uri=self.catalog.uri if self.catalog else None,
                 catalog_api_key=self.catalog.api_key if self.catalog else None,
+                reductions=[spec.model_dump() for spec in profile.reductions],
+                reductions_base=profile.path.parent if profile.path else None,
             )
             log = self.settings.run_dir / f"recorder-{os.getpid()}.log"
             self.recorder = Recorder(config, log)

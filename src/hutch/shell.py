@@ -4,7 +4,8 @@ One command gives a user the profile's devices (connected; the ones that are not
 not fatal), its plans, bluesky's plan stubs as ``bps``, the session's RunEngine as ``RE``,
 recent runs as ``catalog`` (``catalog[-1]``), ``proposal(...)``/``sample(...)``/
 ``operator(...)`` kept across sessions, and the magics of `hutch.magics` (``%wa``, ``%mov``,
-``%movr``, ``%ct``). ``hutch shell`` (``hutch.cli``) calls `run_shell`.
+``%movr``, ``%ct``); with a display, live plots of every run in a process of their own
+(`hutch.liveplot`). ``hutch shell`` (``hutch.cli``) calls `run_shell`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
@@ -26,6 +27,9 @@ from hutch.config import Settings
 from hutch.positions import pv_summary
 from hutch.profile import Profile, load_profile
 from hutch.session import Session, metadata_store
+
+if TYPE_CHECKING:
+    from hutch.liveplot import LivePlots
 
 __all__ = ["LazyCatalog", "MetadataSetter", "ShellNamespace", "build_namespace", "run_shell"]
 
@@ -102,27 +106,8 @@ class ShellNamespace:
     banner: str
     session: Session
     live_plots: bool
-
-
-def live_plots_possible() -> bool:
-    """Whether live matplotlib windows can be drawn: a display and a Qt binding.
-
-    bluesky's live plots are drawn from the RunEngine's thread; only with Qt does bluesky
-    hand them to the main thread (its Qt "teleporter"), so without Qt the shell keeps to the
-    session's PNGs.
-    """
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("QtAgg")
-        from bluesky.callbacks.mpl_plotting import initialize_qt_teleporter
-
-        initialize_qt_teleporter()  # in the main thread, before any live plot exists
-    except Exception:
-        return False
-    return True
+    plots: LivePlots | None = None
+    """The live plots subscribed to the session's RunEngine (with ``live_plots``)."""
 
 
 def _plans(profile: Profile) -> dict[str, Callable]:
@@ -135,13 +120,16 @@ def build_namespace(
     *,
     connect_timeout: float = CONNECT_TIMEOUT,
     live_plots: bool = False,
+    no_plots_reason: str = "no display",
     out: TextIO = sys.stdout,
 ) -> ShellNamespace:
     """Build the session (devices connected within ``connect_timeout``, failures kept, RE.md
     persisted under the data directory) and the shell's namespace and banner.
 
     Channel Access must be configured before (`configure_channel_access`); with
-    ``live_plots`` (see `live_plots_possible`) the live table also draws matplotlib plots.
+    ``live_plots`` every run is also drawn live, in a process of its own (`hutch.liveplot`;
+    it needs a display), started at the first run; without, the banner gives
+    ``no_plots_reason``.
     """
     print(
         f"hutch shell: profile {profile.name!r}: connecting {len(profile.devices)} devices "
@@ -156,9 +144,13 @@ def build_namespace(
         raise_on_failure=False,
         persist_md=True,
     )
-    if live_plots and session.live_table is not None:
-        session.live_table.enable_plots()
     RE = session.RE
+    plots = None
+    if live_plots:
+        from hutch.liveplot import LivePlots
+
+        plots = LivePlots(settings.run_dir / f"liveplot-{os.getpid()}.log")
+        RE.subscribe(plots)
     own: dict[str, Any] = {
         "RE": RE,
         "session": session,
@@ -174,8 +166,8 @@ def build_namespace(
     # The shell's own names win (a device called RE would break the shell); say which lost.
     shadowed = sorted((set(offered) & set(session.devices)) | (set(own) & set(session.devices)))
     shadowed += sorted(set(offered) & set(own))
-    banner = _banner(session, offered, shadowed, live_plots)
-    return ShellNamespace(namespace, banner, session, live_plots)
+    banner = _banner(session, offered, shadowed, None if live_plots else no_plots_reason)
+    return ShellNamespace(namespace, banner, session, live_plots, plots)
 
 
 def _wrap(label: str, text: str) -> str:
@@ -191,7 +183,7 @@ def _wrap(label: str, text: str) -> str:
 
 
 def _banner(
-    session: Session, offered: dict[str, Callable], shadowed: list[str], live_plots: bool
+    session: Session, offered: dict[str, Callable], shadowed: list[str], no_plots: str | None
 ) -> str:
     profile, settings, md = session.profile, session.settings, session.RE.md
     failed = session.connection_failures
@@ -233,9 +225,8 @@ def _banner(
         )
     )
     where = f"PNGs in {settings.plot_dir}"
-    lines.append(
-        _wrap("plots", f"live windows and {where}" if live_plots else f"{where} (no display)")
-    )
+    live = f"live windows (a process of their own) and {where}"
+    lines.append(_wrap("plots", live if no_plots is None else f"{where} ({no_plots})"))
     if shadowed:
         lines.append(
             _wrap(
@@ -266,18 +257,16 @@ def configure_channel_access(
     return f"Channel Access on 127.0.0.1:{port}"
 
 
-def ipython_config(banner: str, live_plots: bool) -> Any:
-    """The IPython configuration of ``hutch shell``: hutch's magics, the banner, completion
-    by ``dir()`` (jedi's static analysis misses children ophyd-async devices make in
-    ``__init__``), and matplotlib's Qt event loop when live plots are on."""
+def ipython_config(banner: str) -> Any:
+    """The IPython configuration of ``hutch shell``: hutch's magics, the banner, and
+    completion by ``dir()`` (jedi's static analysis misses children ophyd-async devices make
+    in ``__init__``). No GUI event loop: the live plots are drawn in a process of their own."""
     from traitlets.config import Config
 
     config = Config()
     config.InteractiveShellApp.extensions = ["hutch.magics"]
     config.TerminalInteractiveShell.banner2 = banner
     config.IPCompleter.use_jedi = False
-    if live_plots:
-        config.InteractiveShellApp.matplotlib = "qt"
     return config
 
 
@@ -288,25 +277,42 @@ def run_shell(
     sim: bool = False,
     port: int | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    plots: bool = True,
     ipython_argv: Sequence[str] = (),
 ) -> int:
     """Start ``hutch shell``: CA set up, session built, IPython until the user exits; then the
-    session's recorder finishes writing and stops."""
+    live plots end and the session's recorder finishes writing and stops. ``plots`` (and a
+    display, `hutch.liveplot.display_available`) draws every run live."""
     import IPython
 
+    if "MPLBACKEND" not in os.environ:
+        import matplotlib
+
+        # This process draws nothing (the live plots are another process's): with a GUI
+        # backend bluesky's live table would become a Qt callback, and Qt aborts the process
+        # where its X libraries are missing. ``%matplotlib`` switches, for one's own figures.
+        matplotlib.use("agg")
     loaded = load_profile(profile)
     settings = Settings.from_env(data_dir)
     print(configure_channel_access(loaded, settings, port, start_simulator=sim), flush=True)
-    live_plots = live_plots_possible()
+    from hutch.liveplot import display_available
+
+    live_plots = plots and display_available()
     shell = build_namespace(
-        loaded, settings, connect_timeout=connect_timeout, live_plots=live_plots
+        loaded,
+        settings,
+        connect_timeout=connect_timeout,
+        live_plots=live_plots,
+        no_plots_reason="no display" if plots else "--no-plots",
     )
     try:
         IPython.start_ipython(
             argv=list(ipython_argv),
             user_ns=shell.namespace,
-            config=ipython_config(shell.banner, shell.live_plots),
+            config=ipython_config(shell.banner),
         )
     finally:
+        if shell.plots is not None:
+            shell.plots.close()
         shell.session.close()
     return 0

@@ -7,10 +7,11 @@ one, each in the module named after it: Channel Access latency and step scans in
 ``hutch.bench.ca``, fly scans (PandA capture, area detector) in ``hutch.bench.fly``, NeXus
 writer throughput in ``hutch.bench.nexus``, catalogue ingest in ``hutch.bench.ingest``,
 metadata search in ``hutch.bench.search``, start-up times of the commands in
-``hutch.bench.startup``. `run_bench` (``hutch.bench.run``) measures and prints them; the rows
-are `BenchRow` objects (``hutch.bench.rows``), the tables' names and descriptions are in
-``hutch.bench.tables``. Importing the package imports none of the tables' libraries
-(bluesky, ophyd, h5py, tiled): ``hutch bench --help`` lists the tables without them.
+``hutch.bench.startup``, online reduction in ``hutch.bench.reduce``. `run_bench`
+(``hutch.bench.run``) measures and prints them; the rows are `BenchRow` objects
+(``hutch.bench.rows``), the tables' names and descriptions are in ``hutch.bench.tables``.
+Importing the package imports none of the tables' libraries (bluesky, ophyd, h5py, tiled):
+``hutch bench --help`` lists the tables without them.
 """
 
 from hutch.bench.rows import BenchRow, BenchTableError, stopwatch

@@ -40,6 +40,8 @@ class BenchRow:
     """Throughput rows: events and megabytes (10^6 bytes) of event data per second."""
     worst_ms: float | None = None
     """Rows timing several operations: the slowest (``ms`` is then their median)."""
+    p95_ms: float | None = None
+    """Latency rows: the 95th percentile of the operations' times."""
     found: int | None = None
     """Search rows: the fewest runs any of the row's queries returned."""
     min_ratio: float | None = None

@@ -37,6 +37,8 @@ def run_bench(
     fly_seconds: float | None = None,
     fly_frames: int | None = None,
     startup_tries: int = 3,
+    reduce_frames: int | None = None,
+    reduce_side: int | None = None,
     data_dir: Path | None = None,
     as_json: bool = False,
 ) -> list[BenchRow]:
@@ -72,7 +74,12 @@ def run_bench(
       populated once and cached in ``data_dir/bench`` (``hutch.bench.search``);
     - ``startup``: ``hutch shell`` to its prompt, ``hutch run count`` and ``hutch queue up``,
       ``startup_tries`` times each, beside the bare imports of bluesky and ophyd-async, on a
-      private simulator and catalogue (``hutch.bench.startup``).
+      private simulator and catalogue (``hutch.bench.startup``);
+    - ``reduce``: online reduction (``hutch.bench.reduce``), ``reduce_frames`` (default 100)
+      frames a row of the profile's area detectors and a quarter as many of ``reduce_side``
+      (default 1024) pixels square: azimuthal integration beside pyFAI's own, ROI statistics
+      beside numpy's sum, the recorder's reduction lane beside the detector's frame rate,
+      and the latency of a frame, in-process and through the recorder.
 
     A table that cannot be measured does not stop the others: they are printed, then
     ``BenchTableError`` names what failed. An external catalogue (``HUTCH_CATALOG_URI``) is
@@ -132,6 +139,11 @@ def run_bench(
             from hutch.bench.startup import startup_times
 
             measure("startup", lambda: startup_times(profile, data_dir, tries=startup_tries))
+        if "reduce" in tables:
+            from hutch.bench.reduce import reduction_tables
+
+            sizes = {k: v for k, v in (("frames", reduce_frames), ("large", reduce_side)) if v}
+            measure("reduce", lambda: reduction_tables(profile, data_dir, **sizes))
     total = time.perf_counter() - started
     _judge(rows)
     if as_json:
@@ -145,6 +157,8 @@ def run_bench(
                     "fly_seconds": fly_seconds,
                     "fly_frames": fly_frames,
                     "startup_tries": startup_tries,
+                    "reduce_frames": reduce_frames,
+                    "reduce_side": reduce_side,
                     "seconds": seconds,
                     "total_seconds": total,
                     "errors": errors,
@@ -207,6 +221,8 @@ def _print(rows: list[BenchRow]) -> None:
         if any(r.mb_per_s is not None for r in members):
             columns.append(("MB/s", _megabytes))
         columns.append((unit, lambda r: _time(r, r.ms)))
+        if any(r.p95_ms is not None for r in members):
+            columns.append(("p95 ms", lambda r: "" if r.p95_ms is None else _time(r, r.p95_ms)))
         if any(r.worst_ms is not None for r in members):
             worst = "worst s" if _in_seconds(members[0]) else "worst ms"
             columns.append((worst, lambda r: "" if r.worst_ms is None else _time(r, r.worst_ms)))

@@ -25,6 +25,11 @@ TABLES: dict[str, str] = {
     "startup": "start-up, seconds until usable: hutch shell to its first prompt, hutch run "
     "count '[det]' end to end, hutch queue up to ready (goals 5 s, 5 s, 15 s), vs python -c "
     "'import bluesky, ophyd_async'; simulator and catalogue already up",
+    "reduce": "online reduction, frames/s through a ReductionRunner (documents, HDF5 frames): "
+    "pyFAI azimuthal integration vs pyFAI's own integrate1d (goal 90%), ROI statistics vs "
+    "numpy summing the frames, 256x256 / 128x96 (demo) and 1024x1024; the recorder's "
+    "reduction lane vs the detector's maximum frame rate (goal: keeps up); latency per frame "
+    "in-process and through the recorder",
 }
 
 #: What a bare ``hutch bench`` measures: every table.

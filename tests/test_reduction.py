@@ -213,3 +213,49 @@ def test_derived_documents_are_valid_and_follow_the_raw_points(session):
     # The frames of the constant-velocity part: the spot where the captured position puts it.
     expected = np.array([spot_pixel(options, xi, 0.0)[0] for xi in x])
     np.testing.assert_allclose(centroid[1:-1], expected[1:-1], atol=1.0)
+
+
+def test_a_lagging_lane_merges_consecutive_stream_datums():
+    """StreamDatums that continue one another (same resource, next indices and seq_nums)
+    merge into one, so that a lane behind a fast detector reads and reduces many frames at
+    once; never across a run's stop, nor with a gap."""
+    from hutch.reduction.lane import merge_stream_datums
+
+    def datum(resource: str, first: int, n: int = 1) -> tuple[str, dict]:
+        return "stream_datum", {
+            "stream_resource": resource,
+            "uid": f"{resource}/{first}",
+            "descriptor": "d",
+            "indices": {"start": first, "stop": first + n},
+            "seq_nums": {"start": first + 1, "stop": first + n + 1},
+        }
+
+    event = ("event", {"descriptor": "d", "seq_num": 1})
+    merged = merge_stream_datums(
+        [
+            datum("a", 0),
+            event,
+            datum("b", 0),
+            datum("a", 1),
+            event,
+            datum("a", 2, 3),
+            datum("a", 7),  # a gap: indices 5 and 6 missing
+            ("stop", {"run_start": "r"}),
+            datum("a", 8),
+        ]
+    )
+    names = [name for name, _ in merged]
+    assert names == [
+        "stream_datum",
+        "event",
+        "stream_datum",
+        "event",
+        "stream_datum",
+        "stop",
+        "stream_datum",
+    ]
+    first = merged[0][1]
+    assert first["indices"] == {"start": 0, "stop": 5}
+    assert first["seq_nums"] == {"start": 1, "stop": 6}
+    assert merged[4][1]["indices"] == {"start": 7, "stop": 8}
+    assert merged[6][1]["indices"] == {"start": 8, "stop": 9}  # not across the stop

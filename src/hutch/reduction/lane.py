@@ -12,6 +12,7 @@ exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import queue
@@ -23,12 +24,50 @@ from typing import Any
 
 from hutch.recorder import _CLOSE
 
-__all__ = ["LANE_END", "Derived", "ReductionLane"]
+__all__ = ["LANE_END", "Derived", "ReductionLane", "merge_stream_datums"]
 
 logger = logging.getLogger(__name__)
 
+# Messages the lane takes at once: StreamDatums among them are merged.
+_BATCH = 1000
+
 LANE_END = object()
 """What the lane puts in each writer's queue once it has emitted its last document."""
+
+
+def merge_stream_datums(messages: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``messages`` with each StreamDatum that continues an earlier one of the same
+    StreamResource (next indices, next seq_nums) merged into it, within a run.
+
+    A lane that has fallen behind then reads a file once for many frames and reduces them
+    as one block, and so catches up: a step scan's StreamDatums come one a frame. A point's
+    StreamDatum may come earlier than its event this way; a point is whole with both.
+    """
+    out: list[tuple[str, Any]] = []
+    last: dict[str, int] = {}  # StreamResource uid -> index in ``out`` of its latest datum
+    for name, doc in messages:
+        if name == "stream_datum":
+            i = last.get(doc["stream_resource"])
+            if i is not None:
+                before = out[i][1]
+                if (
+                    before["indices"]["stop"] == doc["indices"]["start"]
+                    and before["seq_nums"]["stop"] == doc["seq_nums"]["start"]
+                ):
+                    out[i] = (
+                        name,
+                        {
+                            **before,
+                            "indices": {**before["indices"], "stop": doc["indices"]["stop"]},
+                            "seq_nums": {**before["seq_nums"], "stop": doc["seq_nums"]["stop"]},
+                        },
+                    )
+                    continue
+            last[doc["stream_resource"]] = len(out)
+        elif name in ("start", "stop"):
+            last.clear()
+        out.append((name, doc))
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,20 +128,17 @@ class ReductionLane:
         runner = ReductionRunner(self._reductions, self._emit)
         try:
             self._validated()
-            while True:
-                data = self.received.get()
-                message = None if data is None else pickle.loads(data)
-                if message is None or message[0] == _CLOSE:
-                    break
-                name, doc = message
-                try:
-                    runner(name, doc)
-                except Exception:  # the runner's own bug: reductions' errors it keeps
-                    logger.exception("reduction lane: a %s document failed", name)
-                if name == "stop":
-                    self._report(
-                        "reduced", (doc["run_start"], self._derived.pop(doc["run_start"], []))
-                    )
+            ended = False
+            while not ended:
+                messages, ended = self._take()
+                for name, doc in messages:
+                    try:
+                        runner(name, doc)
+                    except Exception:  # the runner's own bug: reductions' errors it keeps
+                        logger.exception("reduction lane: a %s document failed", name)
+                    if name == "stop":
+                        raw = doc["run_start"]
+                        self._report("reduced", (raw, self._derived.pop(raw, [])))
         finally:
             try:
                 runner.close()
@@ -111,6 +147,21 @@ class ReductionLane:
                     self._report("reduced", (raw, uids))
                 for output in self._outputs:
                     output.put(LANE_END)
+
+    def _take(self) -> tuple[list[tuple[str, Any]], bool]:
+        """What the session sent since the lane last looked (waiting for something), its
+        StreamDatums merged (`merge_stream_datums`), and whether the session's end is in it."""
+        items = [self.received.get()]
+        with contextlib.suppress(queue.Empty):
+            while len(items) < _BATCH:
+                items.append(self.received.get_nowait())
+        messages = []
+        for data in items:
+            message = None if data is None else pickle.loads(data)
+            if message is None or message[0] == _CLOSE:
+                return merge_stream_datums(messages), True
+            messages.append(message)
+        return merge_stream_datums(messages), False
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

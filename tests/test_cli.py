@@ -49,9 +49,7 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     ]
     # Each detector run names its derived runs (the profile's reductions, made live).
     derived = {run["title"]: run.get("derived", []) for run in summary["runs"]}
-    kinds = {
-        (d["reduction"], d["kind"], d["exit_status"]) for ds in derived.values() for d in ds
-    }
+    kinds = {(d["reduction"], d["kind"], d["exit_status"]) for ds in derived.values() for d in ds}
     assert kinds == {
         ("det1_spot", "roi_stats", "success"),
         ("det_norm", "normalise", "success"),

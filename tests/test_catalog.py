@@ -667,3 +667,44 @@ def test_hutch_runs_as_a_command(settings, searchable):
     assert proc.returncode == 0, proc.stderr
     (run,) = json.loads(proc.stdout)
     assert run["uid"] == searchable.uids["lab6_fail"] and run["exit_status"] == "fail"
+
+
+def test_a_derived_run_of_spectra_is_catalogued(catalog):
+    """A derived run whose points are arrays (an azimuthal integration's I(q) and q, as the
+    reduction lane emits them: pages of numpy rows) reads back equal, on either database."""
+    from event_model import compose_run
+
+    container = runs_container(catalog, BEAMLINE)
+    writer = make_tiled_writer(container)
+    bundle = compose_run(metadata={"raw_uid": "r", "reduction": {"name": "powder"}})
+    stream = bundle.compose_descriptor(
+        name="primary",
+        data_keys={
+            "sample_x": {"dtype": "number", "shape": [], "source": "raw"},
+            "I": {"dtype": "array", "shape": [400], "source": "reduction:powder"},
+            "q": {"dtype": "array", "shape": [400], "source": "reduction:powder"},
+        },
+    )
+    rng = np.random.default_rng(1)
+    intensity, q = rng.random((5, 400)), np.tile(np.linspace(0.1, 40, 400), (5, 1))
+    writer("start", bundle.start_doc)
+    writer("descriptor", stream.descriptor_doc)
+    for rows in (slice(0, 1), slice(1, 5)):  # a first page of one point, then the rest
+        n = rows.stop - rows.start
+        writer(
+            "event_page",
+            stream.compose_event_page(
+                data={
+                    "sample_x": list(np.arange(5.0)[rows]),
+                    "I": list(intensity[rows]),
+                    "q": list(q[rows]),
+                },
+                timestamps={k: [0.0] * n for k in ("sample_x", "I", "q")},
+                seq_num=list(range(rows.start + 1, rows.stop + 1)),
+                time=[0.0] * n,
+            ),
+        )
+    writer("stop", bundle.compose_stop())
+    data = container[bundle.start_doc["uid"]]["primary"].read()
+    np.testing.assert_array_equal(np.asarray(data["I"]), intensity)
+    np.testing.assert_array_equal(np.asarray(data["q"]), q)

@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -708,3 +709,47 @@ def test_a_derived_run_of_spectra_is_catalogued(catalog):
     data = container[bundle.start_doc["uid"]]["primary"].read()
     np.testing.assert_array_equal(np.asarray(data["I"]), intensity)
     np.testing.assert_array_equal(np.asarray(data["q"]), q)
+
+
+def test_runs_written_while_others_are_read_are_all_kept(catalog):
+    """Clients reading the catalogue while the recorder writes runs with new streams (a
+    reduction's derived runs bring new table schemas) lose nothing: every run reads back
+    whole. (tiled's DuckDB tables once lost a new stream's table to a concurrent read.)"""
+    from event_model import compose_run
+
+    container = runs_container(catalog, BEAMLINE)
+    writer = make_tiled_writer(container, batch_size=1)
+    written: list[tuple[str, str]] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        client = runs_container(catalog, BEAMLINE)
+        while not stop.is_set():
+            for uid, key in written[-3:]:  # the newest, as a live view reads
+                try:
+                    client[uid]["summary"].read()[key]
+                except Exception as exc:  # noqa: BLE001 - a read may fail; the writes must not
+                    failures.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        for i in range(30):
+            key = f"stat_{i}"  # a new schema: a new table each run
+            bundle = compose_run(metadata={"raw_uid": "r"})
+            stream = bundle.compose_descriptor(
+                name="summary", data_keys={key: {"dtype": "number", "shape": [], "source": "s"}}
+            )
+            writer("start", bundle.start_doc)
+            writer("descriptor", stream.descriptor_doc)
+            writer("event", stream.compose_event(data={key: float(i)}, timestamps={key: 0.0}))
+            writer("stop", bundle.compose_stop())
+            written.append((bundle.start_doc["uid"], key))
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    for i, (uid, key) in enumerate(written):
+        assert float(container[uid]["summary"].read()[key][0]) == i

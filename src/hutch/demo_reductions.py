@@ -46,7 +46,7 @@ def check_derived(summary: DemoSummary, session: Session, run: DemoRun) -> None:
         entry: dict[str, Any] = {"uid": uid, **outputs}
         if session.catalog is not None:
             catalogued = session.runs_container[uid]
-            start, stop = catalogued.metadata["start"], catalogued.metadata["stop"] or {}
+            start, stop = catalogued.metadata["start"], catalogued.metadata.get("stop") or {}
             entry.update(
                 reduction=start["reduction"]["name"],
                 kind=start["reduction"]["kind"],

@@ -9,7 +9,6 @@ mode and count a frame only once it is flushed, so a StreamDatum's rows are in t
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ import h5py
 import numpy as np
 
 __all__ = ["ExternalArrays", "resource_path"]
-
-logger = logging.getLogger(__name__)
 
 _HDF5 = ("application/x-hdf5", "application/x-hdf5-swmr", None)
 

@@ -254,7 +254,6 @@ class ReductionRunner:
         self._external = ExternalArrays()
         self._runs: dict[str, _RawRun] = {}
         self._stream_runs: dict[str, _RawRun] = {}  # descriptor uid -> run
-        self._resource_runs: dict[str, _RawRun] = {}
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         handler = getattr(self, f"_{name}", None)
@@ -306,7 +305,6 @@ class ReductionRunner:
         if run is not None:
             self._external.stream_resource(doc)
             run.resources.add(doc["uid"])
-            self._resource_runs[doc["uid"]] = run
 
     def _stream_datum(self, doc: dict[str, Any]) -> None:
         run = self._stream_runs.get(doc.get("descriptor", ""))
@@ -333,8 +331,6 @@ class ReductionRunner:
     def _finish(self, run: _RawRun, stop: dict[str, Any] | None) -> None:
         for uid in run.streams:
             self._stream_runs.pop(uid, None)
-        for uid in run.resources:
-            self._resource_runs.pop(uid, None)
         self._external.forget(run.resources)
         for derived in run.derived:
             derived.close(stop)

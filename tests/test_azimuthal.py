@@ -289,3 +289,53 @@ def test_the_recorder_integrates_det2_live_into_the_catalogue(session, powder_sc
     offline = events(reduce(powder_scan, reduction)["det2_powder"])
     np.testing.assert_allclose(np.asarray(served["I"]), offline["I"])
     np.testing.assert_allclose(np.asarray(served["q"]), offline["q"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"error_model": None, "unit": "2th_deg"},
+        {"polarization": 0.95, "radial_range": (5.0, 40.0), "npt": 200},
+        {"mask": "mask.npy", "method": ("full", "csr", "cython")},
+        {"error_model": "azimuthal"},  # pyFAI's integrate1d frame by frame
+    ],
+    ids=["poisson", "no-errors", "polarization-range", "mask-full-split", "azimuthal-errors"],
+)
+def test_a_block_of_frames_integrates_as_pyfai_integrates_each(options, tmp_path):
+    """The reduction integrates a block of frames in one sparse product with pyFAI's own
+    matrix: I and sigma equal pyFAI's integrate1d of each frame with the same parameters,
+    also with a mask, pixel splitting, polarization and a radial range; empty bins too."""
+    pattern = powder_pattern("LaB6", PONI)
+    rng = np.random.default_rng(11)
+    frames = np.stack([pattern.frame(rng) for _ in range(5)])
+    frames[:, :4] = 0  # dark rows: pyFAI's Poisson variance is max(counts, 1)
+    if "mask" in options:
+        mask = np.zeros((256, 256), dtype=np.uint8)
+        mask[100:140, :] = 1  # a dead module across the rings
+        np.save(tmp_path / "mask.npy", mask)
+        options = {**options, "mask": tmp_path / "mask.npy"}
+    parameters = AzimuthalParameters(detector="det2", poni=PONI, npt=400).model_copy(update=options)
+    reduction = AzimuthalIntegration("powder", parameters)
+    reduction.describe({}, {"name": "primary", "data_keys": {"det2": {"shape": [256, 256]}}})
+    assert (reduction._sparse is not None) == (options.get("error_model") != "azimuthal")
+    out = reduction.reduce(Block(np.arange(1, 6), np.zeros(5), {"det2": frames}))
+
+    ai = load_integrator(PONI, (256, 256))
+    mask = np.load(options["mask"]) if "mask" in options else None
+    for i, frame in enumerate(frames):
+        expected = ai.integrate1d(
+            frame,
+            parameters.npt,
+            unit=parameters.unit,
+            method=parameters.method,
+            mask=mask,
+            radial_range=parameters.radial_range,
+            polarization_factor=parameters.polarization,
+            error_model=parameters.error_model,
+        )
+        np.testing.assert_allclose(out["I"][i], expected.intensity, rtol=1e-5, atol=1e-9)
+        radial_key = "q" if parameters.unit.startswith("q") else "two_theta"
+        np.testing.assert_allclose(out[radial_key][i], expected.radial, rtol=1e-6)
+        if parameters.error_model:
+            np.testing.assert_allclose(out["sigma"][i], expected.sigma, rtol=1e-5, atol=1e-9)

@@ -122,6 +122,9 @@ class LivePlots:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()  # a viewer listens
         self._process: subprocess.Popen | None = None
+        # The running process has listened once: its death is then a crash, not a failed start
+        # (a killed viewer's unsubscription can arrive before its exit is seen).
+        self._listened = False
         self._starts = 0
         self._off = False  # given up: no viewer is started again
         self._held: list[bytes] = []
@@ -219,6 +222,7 @@ class LivePlots:
                 return
             if message[:1] == b"\x01":
                 self._ready.set()
+                self._listened = True
                 if self._dropped:
                     logger.warning(
                         "live plots: %d documents dropped while the viewer started", self._dropped
@@ -237,6 +241,7 @@ class LivePlots:
 
     def _start_process(self) -> None:
         self._starts += 1
+        self._listened = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # Its own session: a Ctrl-C at the terminal interrupts the scan, not the plots.
@@ -253,7 +258,7 @@ class LivePlots:
         if process is None or process.poll() is None:
             return
         self._process = None
-        started, self._held, self._dropped = self._ready.is_set(), [], 0
+        started, self._held, self._dropped = self._listened, [], 0
         self._ready.clear()
         last = log_tail(self.log_path, 1).strip() or "(no output)"
         if not started or self._starts >= _MAX_STARTS:

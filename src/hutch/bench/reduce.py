@@ -22,7 +22,8 @@ a detector's (a file open per StreamDatum).
 - **Latency**, a frame's StreamDatum in to its reduced point published (median, 95th
   percentile, worst): in-process, from feeding a `ReductionRunner` the StreamDatum to the
   derived event page it emits (the baseline); and through the recorder, points paced at
-  the detector's maximum frame rate or, if the lane cannot follow it, at half its rate.
+  the detector's maximum frame rate or half the rate the lane reached, if less (near the
+  lane's rate, its latency is its backlog).
 
 In-process rows and their baselines take turns every few frames (a busy machine slows them
 alike), twice; the fastest try counts. pyFAI integrates with OpenMP: pyFAI's own rows and
@@ -389,7 +390,7 @@ def _live_rows(
     latency = (
         "Latency, a frame's StreamDatum in to its reduced point published: in-process "
         "ReductionRunner vs the recorder's reduction lane, points paced at the detector's "
-        "maximum frame rate, or at half the lane's if it cannot follow"
+        "maximum frame rate or half the lane's rate, if less"
     )
     rows: list[BenchRow] = []
     latencies: list[BenchRow] = []

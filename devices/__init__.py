@@ -8,17 +8,26 @@ provide, and ``Motor``: ophyd-async's motor, moving in one round trip while stag
 from .areadetector import AreaDetector
 from .beam import BeamCurrent
 from .beamline import DeviceConnectionError, connect_devices, devices_metadata, make_devices
+from .cascade import ChopperCascade
+from .chopper import ChopperSetpoint, DiskChopper
+from .event_detector import EventDetector
 from .motor import Motor
 from .nexus import nexus_class
 from .panda import PandA
 from .scaler import CountMode, Scaler
+from .source import NeutronSource
 
 __all__ = [
     "AreaDetector",
     "BeamCurrent",
+    "ChopperCascade",
+    "ChopperSetpoint",
     "CountMode",
     "DeviceConnectionError",
+    "DiskChopper",
+    "EventDetector",
     "Motor",
+    "NeutronSource",
     "PandA",
     "Scaler",
     "connect_devices",

@@ -7,7 +7,9 @@ from ophyd_async.core import StandardDetector
 from ophyd_async.epics.motor import Motor
 
 from .beam import BeamCurrent
+from .chopper import DiskChopper
 from .scaler import Scaler
+from .source import NeutronSource
 
 __all__ = ["nexus_class"]
 
@@ -19,13 +21,16 @@ _BASE_CLASSES: tuple[tuple[type, str], ...] = (
     (ophyd.areadetector.DetectorBase, "NXdetector"),
     (Scaler, "NXdetector"),
     (BeamCurrent, "NXsource"),
+    (NeutronSource, "NXsource"),
+    (DiskChopper, "NXdisk_chopper"),
 )
 
 
 def nexus_class(device_class: type) -> str:
     """The NeXus base class for ``device_class``: NXpositioner for motors, NXsource for the
-    source's beam current, NXdetector for detectors and anything else read (bluesky calls
-    those detectors too; NXinstrument admits no NXsensor)."""
+    source's beam current or pulses, NXdisk_chopper for disk choppers, NXdetector for
+    detectors and anything else read (bluesky calls those detectors too; NXinstrument
+    admits no NXsensor)."""
     for base, nx_class in _BASE_CLASSES:
         if issubclass(device_class, base):
             return nx_class

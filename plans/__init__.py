@@ -12,9 +12,11 @@ import bluesky.plans as _bp
 from .align import AlignmentError, AlignResult, align  # noqa: F401  (results of align)
 from .centroid import CentroidResult, center_on_centroid  # noqa: F401
 from .checks import ScanArgumentError, checked  # noqa: F401  (its refusals)
+from .choppers import BandResult, park_choppers, set_wavelength_band  # noqa: F401
 from .count_until import CountResult, count_until  # noqa: F401
 from .fly import DeviceFailure, fly_scan, snake_fly_scan, step_scan  # noqa: F401
 from .reduced import ReductionError  # noqa: F401  (a steering plan's reduction failed)
+from .tof import tof_count
 
 count = checked(_bp.count)
 grid_scan = checked(_bp.grid_scan)
@@ -35,11 +37,14 @@ __all__ = [
     "grid_scan",
     "list_scan",
     "log_scan",
+    "park_choppers",
     "rel_grid_scan",
     "rel_list_scan",
     "rel_scan",
     "scan",
     "scan_nd",
+    "set_wavelength_band",
     "snake_fly_scan",
     "step_scan",
+    "tof_count",
 ]

@@ -342,6 +342,64 @@ def _count_until(plan: str, a: Mapping[str, Any]) -> list[Target]:
     return []
 
 
+def _choppers(plan: str, a: Mapping[str, Any]) -> None:
+    value = a["choppers"]
+    if not isinstance(value, list | tuple) or not value:
+        raise ScanArgumentError(
+            f"{plan}: choppers must be a list of disk choppers, e.g. [psc, bwc], not {value!r}"
+        )
+    for i, chopper in enumerate(value):
+        _device(plan, f"choppers[{i}]", chopper)
+
+
+def _set_wavelength_band(plan: str, a: Mapping[str, Any]) -> list[Target]:
+    _choppers(plan, a)
+    low = number(plan, "lambda_min", a["lambda_min"], positive=True)
+    high = number(plan, "lambda_max", a["lambda_max"], positive=True)
+    if low >= high:
+        raise ScanArgumentError(f"{plan}: lambda_min {low:g} Å must be below lambda_max {high:g} Å")
+    speeds = a["speed"] if isinstance(a["speed"], list | tuple) else [a["speed"]]
+    for speed in speeds:
+        if speed is not None:
+            number(plan, "speed", speed, positive=True)
+    _optional(plan, "detector_distance", a["detector_distance"])
+    return []
+
+
+def _park_choppers(plan: str, a: Mapping[str, Any]) -> list[Target]:
+    _choppers(plan, a)
+    if a["angle"] is not None:
+        number(plan, "angle", a["angle"])
+    return []
+
+
+def _tof_count(plan: str, a: Mapping[str, Any]) -> list[Target]:
+    _device(plan, "detector", a["detector"])
+    given = [p for p in ("seconds", "pulses", "charge") if a[p] is not None]
+    if len(given) != 1:
+        raise ScanArgumentError(
+            f"{plan}: give one preset, seconds, pulses or charge (µC), "
+            f"not {' and '.join(given) or 'none'}"
+        )
+    if given == ["pulses"]:
+        count(plan, "pulses", a["pulses"])
+    else:
+        number(plan, given[0], a[given[0]], positive=True)
+    count(plan, "num", a["num"])
+    choppers = a["choppers"]
+    if not isinstance(choppers, list | tuple):
+        raise ScanArgumentError(
+            f"{plan}: choppers must be a list of disk choppers, e.g. [psc, bwc], not {choppers!r}"
+        )
+    for i, chopper in enumerate(choppers):
+        _device(plan, f"choppers[{i}]", chopper)
+    if a["source"] is not None:
+        _device(plan, "source", a["source"])
+    if a["md"] is not None and not isinstance(a["md"], Mapping):
+        raise ScanArgumentError(f"{plan}: md must be a dict of metadata, not {a['md']!r}")
+    return []
+
+
 def _step_scan(plan: str, a: Mapping[str, Any]) -> list[Target]:
     _detectors(plan, a["detectors"])
     name = _device(plan, "motor", a["motor"])
@@ -390,6 +448,9 @@ _SPECS: dict[str, _Spec] = {
     "align": _align,
     "center_on_centroid": _center_on_centroid,
     "count_until": _count_until,
+    "set_wavelength_band": _set_wavelength_band,
+    "park_choppers": _park_choppers,
+    "tof_count": _tof_count,
     "step_scan": _step_scan,
     "fly_scan": _fly_scan,
     "snake_fly_scan": _snake_fly_scan,

@@ -7,7 +7,9 @@ sees is the profile's ``[simulation.peak]`` (:class:`BeamlinePhysics`).
 """
 
 from .beam import BeamCurrentSource
+from .chopper import DiskChopperSim
 from .control import beam_dump, beam_restore, ca_read, ca_write
+from .event_detector import EventDetectorSim
 from .ioc import (
     SimulatorError,
     build_groups,
@@ -20,13 +22,17 @@ from .ioc import (
 )
 from .motor import MotorRecord
 from .physics import BeamlinePhysics, expected_counts, flux_factor, gaussian
-from .process import SimState, SimulatorStartError, describe, start, status, stop
+from .process import SimState, SimulatorStartError, describe, free_port, start, status, stop
 from .scaler import ScalerRecord
+from .source import NeutronSourceSim
 
 __all__ = [
     "BeamCurrentSource",
     "BeamlinePhysics",
+    "DiskChopperSim",
+    "EventDetectorSim",
     "MotorRecord",
+    "NeutronSourceSim",
     "ScalerRecord",
     "SimState",
     "SimulatorError",
@@ -39,6 +45,7 @@ __all__ = [
     "ca_read",
     "ca_write",
     "expected_counts",
+    "free_port",
     "flux_factor",
     "gaussian",
     "make_pvdb",

@@ -20,12 +20,22 @@ from hutch.profile import DeviceSpec, Profile
 
 from .areadetector import AreaDetectorSim
 from .beam import BeamCurrentSource
-from .links import PulseLink, RemotePosition
+from .chopper import DiskChopperSim
+from .event_acquisition import ChopperCable, SourceCable
+from .links import (
+    LocalChopper,
+    LocalSource,
+    PulseLink,
+    RemoteChopper,
+    RemotePosition,
+    RemoteSource,
+)
 from .motor import MotorRecord
 from .panda import PULSE_PV, PandASim
 from .physics import BeamlinePhysics
 from .powder import powder_geometry
 from .scaler import ScalerRecord
+from .source import NeutronSourceSim
 
 __all__ = [
     "SimulatorError",
@@ -129,6 +139,52 @@ class Wiring:
 
         self._deferred.append(lambda: self.groups[name].add_pulse_listener(batch))
 
+    def chopper(self, user: DeviceSpec, key: str, name: str) -> ChopperCable:
+        """Disk chopper ``name`` for a detector: its geometry (its profile ``options``:
+        ``distance``, ``slit_edges``, optional ``radius``, ``slit_height``) and its live
+        speed, delay and phase lock, directly or over CA (``links.RemoteChopper``)."""
+        spec = self._spec(user, key, name)
+        options = spec.options
+        if "distance" not in options or "slit_edges" not in options:
+            raise SimulatorError(
+                f"device {user.name!r} of profile {self.profile.name!r}: {key} names device "
+                f"{name!r}, whose options give no distance and slit_edges (not a disk chopper?)"
+            )
+        if spec.ioc == self.ioc:
+            feed: Any = LocalChopper(_Local(self.groups, name))
+        else:
+            feed = RemoteChopper(spec.prefix)
+        self.tasks.append(feed.run)
+        extra = {k: float(options[k]) for k in ("radius", "slit_height") if k in options}
+        return ChopperCable(
+            name=name,
+            distance=float(options["distance"]),
+            slit_edges=tuple((float(b), float(e)) for b, e in options["slit_edges"]),
+            feed=feed,
+            **extra,
+        )
+
+    def source(self, user: DeviceSpec, key: str, name: str) -> SourceCable:
+        """Pulsed source ``name`` for a detector: its pulse timing and proton energy (its
+        ``sim`` options) and its live beam power, directly or over CA
+        (``links.RemoteSource``)."""
+        from .source import _DEFAULTS as SOURCE_DEFAULTS
+
+        spec = self._spec(user, key, name)
+        sim = {**SOURCE_DEFAULTS, **spec.sim}
+        if spec.ioc == self.ioc:
+            feed: Any = LocalSource(_Local(self.groups, name))
+        else:
+            feed = RemoteSource(spec.prefix)
+        self.tasks.append(feed.run)
+        return SourceCable(
+            rate=float(sim["pulse_rate"]),
+            pulse_length=float(sim["pulse_length"]),
+            proton_energy_gev=float(sim["proton_energy_gev"]),
+            power=float(sim["power"]),
+            feed=feed,
+        )
+
     def connect(self) -> None:
         """Plug in the cables between devices of this IOC (once all are built)."""
         for plug in self._deferred:
@@ -146,6 +202,23 @@ def _scaler(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
 
 def _beam(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     return BeamCurrentSource(spec.prefix, sim=spec.sim)
+
+
+def _source(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
+    return NeutronSourceSim(spec.prefix, sim=spec.sim)
+
+
+def _chopper(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
+    sim = dict(spec.sim)
+    if "pulse_rate" not in sim:
+        # A chopper locks to the source's pulses: take the profile's source's rate.
+        from hutch.devices.source import NeutronSource
+
+        for other in wiring.profile.devices:
+            if issubclass(other.device_class, NeutronSource) and "pulse_rate" in other.sim:
+                sim["pulse_rate"] = other.sim["pulse_rate"]
+                break
+    return DiskChopperSim(spec.prefix, sim=sim)
 
 
 def _area_detector(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
@@ -175,6 +248,21 @@ def _panda(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
     return PandASim(spec.prefix, sim=spec.sim, encoders=encoders)
 
 
+def _event_detector(spec: DeviceSpec, wiring: Wiring) -> PVGroup:
+    from .event_detector import EventDetectorSim
+
+    names = spec.sim.get("choppers", [])
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise SimulatorError(
+            f"device {spec.name!r} of profile {wiring.profile.name!r}: sim.choppers must be a "
+            f"list of chopper device names, not {names!r}"
+        )
+    choppers = [wiring.chopper(spec, "sim.choppers", name) for name in names]
+    source = spec.sim.get("source")
+    cable = wiring.source(spec, "sim.source", source) if source else None
+    return EventDetectorSim(spec.prefix, sim=spec.sim, choppers=choppers, source=cable)
+
+
 def _register_defaults() -> None:
     # Imported here: the device libraries are heavy and only needed to build a server.
     import ophyd
@@ -182,8 +270,11 @@ def _register_defaults() -> None:
 
     from hutch.devices.areadetector import AreaDetector
     from hutch.devices.beam import BeamCurrent
+    from hutch.devices.chopper import DiskChopper
+    from hutch.devices.event_detector import EventDetector
     from hutch.devices.panda import PandA
     from hutch.devices.scaler import Scaler
+    from hutch.devices.source import NeutronSource
 
     for cls, factory in (
         (Motor, _motor),
@@ -192,6 +283,9 @@ def _register_defaults() -> None:
         (BeamCurrent, _beam),
         (AreaDetector, _area_detector),
         (PandA, _panda),
+        (DiskChopper, _chopper),
+        (NeutronSource, _source),
+        (EventDetector, _event_detector),
     ):
         _REGISTRY.setdefault(cls, factory)
 

@@ -24,7 +24,7 @@ from hutch.profile import Profile
 
 from .control import ca_read
 
-__all__ = ["SimState", "SimulatorStartError", "describe", "start", "status", "stop"]
+__all__ = ["SimState", "SimulatorStartError", "describe", "free_port", "start", "status", "stop"]
 
 
 class SimulatorStartError(HutchError, RuntimeError):
@@ -86,6 +86,13 @@ def _port_free(port: int, host: str) -> bool:
     return True
 
 
+def free_port(start: int, host: str = "127.0.0.1") -> int:
+    """The first port from ``start`` up free for a CA server (TCP and UDP) on ``host``."""
+    while not _port_free(start, host):
+        start += 1
+    return start
+
+
 def _ioc_ports(profile: Profile, port: int, host: str) -> dict[str, int]:
     """The port of each IOC: ``port`` for the first, free ones from ``port + 100`` after."""
     ports = {}
@@ -94,9 +101,7 @@ def _ioc_ports(profile: Profile, port: int, host: str) -> dict[str, int]:
         if index == 0:
             ports[ioc] = port
             continue
-        while not _port_free(candidate, host):
-            candidate += 1
-        ports[ioc] = candidate
+        ports[ioc] = candidate = free_port(candidate, host)
         candidate += 1
     return ports
 

@@ -70,22 +70,42 @@ def demo_profile() -> Profile:
 
 
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory, demo_profile):
-    """The demo beamline simulated on a port of its own (one per xdist worker).
+def tof_profile() -> Profile:
+    """The TOF neutron instrument's profile."""
+    return load_profile("tof")
 
-    Points this process's CA clients at its IOCs before any CA client exists (starting it
-    uses caproto's client, not libca); yields the SimState.
+
+_BEAMLINES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory, demo_profile, tof_profile):
+    """The demo beamline simulated on a port of its own (one per xdist worker), and beside
+    it the TOF instrument (`tof_sim`): libca reads its server list once per process, so
+    both are started before this process's CA clients point at their IOCs.
+
+    Starting them uses caproto's client, not libca; yields the demo's SimState.
     """
     from hutch import simulators
 
-    port = _free_port()
     settings = Settings(data_dir=tmp_path_factory.mktemp("hutch-data"))
-    state = simulators.start(demo_profile, port, settings, timeout=60)
-    configure_ca_client(*state.ports)
+    states = []
     try:
-        yield state
+        for profile in (demo_profile, tof_profile):
+            state = simulators.start(profile, _free_port(), settings, timeout=60)
+            states.append(state)
+            _BEAMLINES[profile.name] = state
+        configure_ca_client(*(port for state in states for port in state.ports))
+        yield states[0]
     finally:
-        simulators.stop(demo_profile.name, settings)
+        for profile in (demo_profile, tof_profile)[: len(states)]:
+            simulators.stop(profile.name, settings)
+
+
+@pytest.fixture(scope="session")
+def tof_sim(sim):
+    """The TOF instrument's simulator (its SimState), started with the demo's (`sim`)."""
+    return _BEAMLINES["tof"]
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
         "count",
         "center_on_centroid",
         "count_until",
+        "count",  # the neutron instrument's choppers, phased for a band
+        "tof_count",  # its event-mode detector, counting pulses of that band
     ]
     # Each detector run names its derived runs (the profile's reductions, made live).
     derived = {run["title"]: run.get("derived", []) for run in summary["runs"]}
@@ -77,10 +79,19 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
 
     # The catalogue (restarted on demand) lists the demo's runs.
     runs = json.loads(_hutch("runs", "--json", "-n", "100", env=env).stdout)
-    # The demo's own runs, then the four it queued (the derived runs beside them).
-    demo_uids = [run["uid"] for run in summary["runs"]]
+    # The demo's own runs, then the four it queued (the derived runs beside them); the
+    # neutron instrument's in its own container.
+    demo_uids = [run["uid"] for run in summary["runs"][:-2]]
     measured = [r["uid"] for r in runs if not r["plan_name"].startswith("reduce ")]
     assert measured[-15:] == demo_uids + summary["queue"]["run_uids"]
+    tof_runs = json.loads(_hutch("runs", "--profile", "tof", "--json", env=env).stdout)
+    assert [r["uid"] for r in tof_runs] == [run["uid"] for run in summary["runs"][-2:]]
+    assert summary["events"]["pulses"] == 28 and summary["events"]["inside_band"] >= 0.999
+    assert summary["profiles"] == ["demo", "tof"]
+    band = summary["wavelength_band"]
+    assert set(band["choppers"]) == {"psc", "bwc", "foc"} and band["band"] == [1.0, 2.6]
+    assert "above its maximum" in summary["refused_chopper_speed"]
+    assert summary["lock_loss"]["relocked"] is True
     # The fly scans: frames and captured positions, and a refused one.
     fly = summary["runs"][6]
     assert fly["frames"] == {"points": 61, "data_key": "det1"}
@@ -90,11 +101,12 @@ def test_demo_runs_to_completion_and_describes_itself(tmp_path, free_port):
     assert queue["exit_statuses"] == ["completed"] * 4
     assert (queue["unauthenticated_status"], queue["observer_start_status"]) == (401, 403)
     _hutch("catalog", "down", env=env)
-    # The simulator the demo started ended with it.
+    # The simulators the demo started ended with it.
     deadline = time.monotonic() + 30
-    while _hutch("sim", "status", env=env, check=False).returncode != 1:
-        assert time.monotonic() < deadline, "the demo's simulator outlived the demo"
-        time.sleep(0.5)
+    for profile in ("demo", "tof"):
+        while _hutch("sim", "status", "--profile", profile, env=env, check=False).returncode != 1:
+            assert time.monotonic() < deadline, f"the demo's {profile} simulator outlived it"
+            time.sleep(0.5)
 
 
 def test_run_plan_from_the_command_line(tmp_path, free_port):

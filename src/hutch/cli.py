@@ -28,8 +28,15 @@ class CommandError(HutchError):
     """A command cannot go on; the message says what is at fault."""
 
 
-def _common(parser: argparse.ArgumentParser, *, port: bool = True) -> None:
-    parser.add_argument("--profile", default="demo", help="beamline profile name or path")
+def _common(parser: argparse.ArgumentParser, *, port: bool = True, profiles: bool = False) -> None:
+    if profiles:
+        parser.add_argument(
+            "--profile",
+            action="append",
+            help="beamline profile name or path; repeat for several (default: demo and tof)",
+        )
+    else:
+        parser.add_argument("--profile", default="demo", help="beamline profile name or path")
     parser.add_argument(
         "--data-dir", help="where data, catalogue and state live ($HUTCH_DATA_DIR, ./hutch-data)"
     )
@@ -49,10 +56,13 @@ def _context(args: argparse.Namespace) -> tuple[Profile, Settings, int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hutch.demo import run_demo
+    from hutch.demo import DEMO_PROFILES, run_demo
 
-    profile, settings, port = _context(args)
-    summary = run_demo(profile, settings, port, keep_running=args.keep_running, quiet=args.json)
+    names = args.profile or list(DEMO_PROFILES)
+    profiles = [load_profile(name) for name in names]
+    settings = Settings.from_env(args.data_dir)
+    port = args.port or settings.ca_port or profiles[0].simulation.port
+    summary = run_demo(profiles, settings, port, keep_running=args.keep_running, quiet=args.json)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     return 0 if summary.ok else 1
@@ -356,10 +366,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run the simulated beamline end to end",
-        description="Start the simulated beamline if it is not up, run a set of scans and "
-        "report each run: uid, NeXus file, catalogue URI, plot, fitted vs true peak centre.",
+        description="Start the simulated beamlines if they are not up (the photon beamline "
+        "'demo' and the neutron TOF instrument 'tof'), run a set of scans and report each "
+        "run: uid, NeXus file, catalogue URI, plot, fitted vs true peak centre, choppers.",
     )
-    _common(p)
+    _common(p, profiles=True)
+
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
         "--keep-running",

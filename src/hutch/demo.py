@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from hutch.ca import configure_ca_client
 from hutch.callbacks.nexus import nx_name
 from hutch.catalog import stop_catalog
 from hutch.config import Settings
+from hutch.demo_neutrons import neutron_runs, print_neutrons
 from hutch.demo_reductions import (
     check_derived,
     check_replay,
@@ -36,7 +37,10 @@ from hutch.devices import AreaDetector, PandA, Scaler
 from hutch.profile import Profile, ProfileError
 from hutch.session import RunRecord, Session
 
-__all__ = ["DemoSummary", "run_demo"]
+__all__ = ["DEMO_PROFILES", "DemoSummary", "run_demo"]
+
+#: What ``hutch demo`` runs unless told otherwise: a photon beamline, a neutron instrument.
+DEMO_PROFILES = ("demo", "tof")
 
 #: How close align must come to the simulator's true centre.
 ALIGN_TOLERANCE = 0.02
@@ -211,51 +215,63 @@ def _print_data_management(summary: DemoSummary, out) -> None:
 
 
 def run_demo(
-    profile: Profile,
+    profiles: Sequence[Profile],
     settings: Settings,
     port: int,
     *,
     keep_running: bool = False,
     quiet: bool = False,
 ) -> DemoSummary:
-    """Run the demo on ``profile``'s simulated beamline and return its checked summary.
+    """Run the demo on each of ``profiles``' simulated beamlines and return its checked
+    summary: a photon beamline's scans, detectors and services, a neutron instrument's
+    choppers (`hutch.demo_neutrons`).
 
-    Starts the simulator on ``port`` if it is not up (and the catalogue if needed), and stops
-    what it started unless ``keep_running``. With ``quiet`` only the summary is produced:
-    progress goes to stderr and there is no live table.
+    Starts the simulators that are not up (the first on ``port``, the others on free ports
+    above it) and the catalogue if needed, and stops what it started unless
+    ``keep_running``. With ``quiet`` only the summary is produced: progress goes to stderr
+    and there is no live table.
     """
     out = sys.stderr if quiet else sys.stdout
-    summary = DemoSummary(profile.name, str(settings.data_dir), port)
-    print(
-        f"hutch demo: profile {profile.name!r} ({profile.title}), data in {settings.data_dir}",
-        file=out,
-    )
-    state = simulators.status(profile.name, settings)
-    if state is None:
-        # The demo's own simulator ends with the demo's process (after its CA clients).
-        state = simulators.start(
-            profile, port, settings, exit_with=None if keep_running else os.getpid()
-        )
-        summary.simulator_started = True
-        print(f"  simulator started: {simulators.describe(state)}", file=out)
-    else:
-        print(f"  simulator already up: {simulators.describe(state)}", file=out)
-    summary.ca_port = state.port
-    configure_ca_client(*state.ports)
+    summary = DemoSummary(profiles[0].name, str(settings.data_dir), port)
+    summary.extra["profiles"] = [profile.name for profile in profiles]
+    names = ", ".join(f"{p.name!r} ({p.title})" for p in profiles)
+    print(f"hutch demo: {names}, data in {settings.data_dir}", file=out)
+    ports: list[int] = []
+    for index, profile in enumerate(profiles):
+        state = simulators.status(profile.name, settings)
+        if state is None:
+            # The demo's own simulator ends with the demo's process (after its CA clients).
+            state = simulators.start(
+                profile,
+                port if index == 0 else simulators.free_port(port + 200 * index),
+                settings,
+                exit_with=None if keep_running else os.getpid(),
+            )
+            summary.simulator_started = True
+            print(f"  simulator started: {simulators.describe(state)}", file=out)
+        else:
+            print(f"  simulator already up: {simulators.describe(state)}", file=out)
+        if index == 0:
+            summary.ca_port = state.port
+        ports.extend(state.ports)
+    # libca reads its server list once per process: every beamline's IOCs, before any CA use.
+    configure_ca_client(*ports)
     try:
-        # bluesky prints some news (a suspension, say) on stdout; keep stdout for the summary.
-        with (
-            contextlib.redirect_stdout(out),
-            Session(profile, settings, live_table=not quiet) as session,
-        ):
-            summary.catalog_uri = session.catalog.uri if session.catalog else None
-            _demo_runs(profile, session, summary)
+        for profile in profiles:
+            # bluesky prints some news (a suspension, say) on stdout; keep it for the summary.
+            with (
+                contextlib.redirect_stdout(out),
+                Session(profile, settings, live_table=not quiet) as session,
+            ):
+                summary.catalog_uri = session.catalog.uri if session.catalog else None
+                _session_runs(profile, session, summary)
     finally:
         if not keep_running:
             stop_catalog(settings)
     for run in summary.runs:
         _print_run(run, out)
     _print_data_management(summary, out)
+    print_neutrons(summary, out)
     passed = sum(ok for _, ok, _ in summary.checks)
     print(f"\nchecks: {passed}/{len(summary.checks)} passed", file=out)
     for name, ok, detail in summary.checks:
@@ -263,23 +279,36 @@ def run_demo(
             print(f"  FAILED {name}: {detail}", file=out)
     if not keep_running:
         print(
-            "(simulator and catalogue stopped; `hutch demo --keep-running` leaves them up)",
+            "(simulators and catalogue stopped; `hutch demo --keep-running` leaves them up)",
             file=out,
         )
     return summary
 
 
-def _demo_runs(profile: Profile, session: Session, summary: DemoSummary) -> None:
-    axis, gap, det, field_name = _roles(profile, session.devices)
-    peak = profile.simulation.peak
-    assert peak is not None  # checked by _roles
-    RE = session.RE
+def _session_runs(profile: Profile, session: Session, summary: DemoSummary) -> None:
+    """The runs of one beamline, each checked as `record` does."""
 
-    def record(title: str, result, **extra) -> DemoRun:
+    def record(title: str, result: Any, **extra: Any) -> DemoRun:
         run = DemoRun(title, session.record(result.run_start_uids[0]), extra)
         summary.runs.append(run)
         _check_outputs(summary, session, run)
         return run
+
+    if profile.kind == "neutron":
+        neutron_runs(session, summary, record)
+    else:
+        _demo_runs(profile, session, summary, record)
+
+
+def _demo_runs(
+    profile: Profile, session: Session, summary: DemoSummary, record: Callable[..., DemoRun]
+) -> None:
+    """A photon beamline: counts, scans, align, a beam dump, fly scans, reductions, the
+    queue and data management."""
+    axis, gap, det, field_name = _roles(profile, session.devices)
+    peak = profile.simulation.peak
+    assert peak is not None  # checked by _roles
+    RE = session.RE
 
     RE(bps.mv(det.preset_time, 0.1))
     record("count the detector", RE(plans.count([det], num=5, md={"sample": "demo sample"})))

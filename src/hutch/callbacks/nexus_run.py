@@ -53,7 +53,19 @@ BASE_CLASS_FIELDS: dict[str, dict[str, str]] = {
         "acceleration": "acceleration_time",
     },
     "NXdetector": {"value": "data", "elapsed_time": "count_time", "acquire_time": "count_time"},
-    "NXsource": {"current": "current"},
+    "NXsource": {
+        "current": "current",
+        "power": "power",
+        "pulse_rate": "frequency",
+        "pulse_length": "pulse_width",
+    },
+    "NXdisk_chopper": {
+        "speed": "rotation_speed",
+        "speed_setpoint": "rotation_speed_setpoint",
+        "total_delay": "delay",
+        "delay": "delay_setpoint",
+        "slit_edges_deg": "slit_edges",
+    },
 }
 
 

@@ -11,11 +11,23 @@ from caproto.server import PVGroup, pvproperty
 
 from .options import sim_options
 
-__all__ = ["BeamCurrentSource"]
+__all__ = ["BeamCurrentSource", "beam_dump_pv"]
 
 _DEFAULTS: dict[str, Any] = {"current": 300.0, "noise": 0.05}
 UPDATE_PERIOD = 0.5
 """Seconds between updates of CURRENT."""
+
+
+def beam_dump_pv() -> Any:
+    """``SIM:DUMP``, the simulator-only PV of a simulated source that dumps its beam (1) and
+    restores it (0); `simulators.control.beam_dump` writes it."""
+    return pvproperty(
+        name="SIM:DUMP",
+        value=0,
+        dtype=ChannelType.ENUM,
+        enum_strings=("Beam", "Dumped"),
+        doc="Simulator only: 1 dumps the beam, 0 restores it",
+    )
 
 
 class BeamCurrentSource(PVGroup):
@@ -34,13 +46,7 @@ class BeamCurrentSource(PVGroup):
         read_only=True,
         doc="Beam current",
     )
-    dump = pvproperty(
-        name="SIM:DUMP",
-        value=0,
-        dtype=ChannelType.ENUM,
-        enum_strings=("Beam", "Dumped"),
-        doc="Simulator only: 1 dumps the beam, 0 restores it",
-    )
+    dump = beam_dump_pv()
 
     def __init__(
         self,

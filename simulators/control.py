@@ -67,19 +67,24 @@ def ca_write(
 
 def _dump_pvs(profile: Profile, device: str | None) -> list[str]:
     from hutch.devices.beam import BeamCurrent
+    from hutch.devices.source import NeutronSource
 
+    sources = (BeamCurrent, NeutronSource)
     specs = [profile.device(device)] if device else profile.devices
-    pvs = [s.prefix + DUMP_PV for s in specs if issubclass(s.device_class, BeamCurrent)]
+    pvs = [s.prefix + DUMP_PV for s in specs if issubclass(s.device_class, sources)]
     if not pvs:
         what = f"device {device!r}" if device else "no device"
-        raise ValueError(f"profile {profile.name!r}: {what} is a simulated beam current")
+        raise ValueError(
+            f"profile {profile.name!r}: {what} is a simulated beam current or pulsed source"
+        )
     return pvs
 
 
 def beam_dump(
     profile: Profile, port: int | None = None, device: str | None = None, host: str = "127.0.0.1"
 ) -> None:
-    """Dump the beam of the running simulator: its beam current(s) drop to 0 mA."""
+    """Dump the beam of the running simulator: its beam current(s) drop to 0 mA, a pulsed
+    source's pulses carry no protons."""
     for pv in _dump_pvs(profile, device):
         ca_write(pv, 1, port or profile.simulation.port, host)
 

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from caproto import ChannelType, SkipWrite
+from caproto import SkipWrite
 from caproto.server import PVGroup, pvproperty
 
 from hutch import tof
 
+from .beam import beam_dump_pv
 from .options import sim_options
 
 __all__ = ["NeutronSourceSim"]
@@ -59,13 +60,7 @@ class NeutronSourceSim(PVGroup):
     proton_charge = _ro("ProtonCharge_R", 0.0, "uC", 3, "Proton charge of the last pulse")
     accumulated_charge = _ro("AccumCharge_R", 0.0, "uC", 3, "Proton charge since IOC start")
     power = _ro("Power_R", 0.0, "MW", 3, "Beam power on target")
-    dump = pvproperty(
-        name="SIM:DUMP",
-        value=0,
-        dtype=ChannelType.ENUM,
-        enum_strings=("Beam", "Dumped"),
-        doc="Simulator only: 1 dumps the beam, 0 restores it",
-    )
+    dump = beam_dump_pv()
 
     def __init__(
         self,

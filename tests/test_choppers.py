@@ -5,6 +5,8 @@ the NeXus file's NXdisk_chopper."""
 
 from __future__ import annotations
 
+import time
+
 import h5py
 import numpy as np
 import pytest
@@ -145,3 +147,29 @@ def test_bad_band_arguments_are_refused_when_the_plan_is_called(tof, arguments, 
     kwargs = rest.pop() if isinstance(rest[-1], dict) else {}
     with pytest.raises(plans.ScanArgumentError, match=message):
         plans.set_wavelength_band([tof[name] for name in choppers], *rest, **kwargs)
+
+
+def test_a_beam_dump_stops_the_pulsed_sources_protons(tof_profile, tof_sim):
+    """`hutch sim beam dump` (simulators.beam_dump) dumps a pulsed source too: its power
+    drops to 0 while its pulses go on, and comes back when the beam is restored."""
+    from hutch.simulators import beam_dump, beam_restore
+
+    def power() -> float:
+        return pv(tof_sim, "TOF:SRC:Power_R")
+
+    def wait(condition) -> bool:
+        deadline = time.monotonic() + 20
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    beam_dump(tof_profile, tof_sim.port)
+    try:
+        assert wait(lambda: power() == 0.0)
+        count = pv(tof_sim, "TOF:SRC:PulseCount_R")
+        assert wait(lambda: pv(tof_sim, "TOF:SRC:PulseCount_R") > count)
+    finally:
+        beam_restore(tof_profile, tof_sim.port)
+    assert wait(lambda: power() > 1.0)

@@ -292,8 +292,9 @@ def test_source_pulses_and_charge(port, monkeypatch) -> None:
     (n1, j1), t1 = stamped("PulseCount_R"), time.monotonic()
     assert n1 - n0 <= RATE * (t1 - t0) + 3  # ~14 a second, never more
     assert n1 - n0 == j1 - j0  # every pulse counted, at its own T0
+    # The charge is posted on its own after the count: wait for 14 pulses of its own.
+    wait_until(lambda: stamped("AccumCharge_R")[1] >= i0 + 14, "14 more pulses of charge")
     q1, i1 = stamped("AccumCharge_R")
-    assert i1 - i0 >= 14
     assert (q1 - q0) / (i1 - i0) == pytest.approx(CHARGE, rel=0.03)  # 1 % noise per pulse
 
     write(port, SRC + "SIM:DUMP", 1)

@@ -1,7 +1,8 @@
 """The demo's neutron time-of-flight instrument (a neutron profile, as profiles/tof.toml):
 its disk choppers spun up and phased to a wavelength band, checked over Channel Access,
-recorded in a run, knocked out of phase and back, and parked (`hutch.demo` calls
-`neutron_runs` in a session on that profile)."""
+recorded in a run, the event-mode detector counting pulses of the band, a chopper knocked
+out of phase and back, and all parked (`hutch.demo` calls `neutron_runs` in a session on
+that profile)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ _PULSES = 28
 def neutron_runs(session: Session, summary: DemoSummary, record: Any) -> None:
     """Choppers: a speed beyond the drive's limit refused with nothing written; the cascade
     phased to `DEMO_BAND` and locked; a run recording them (NXdisk_chopper in its NeXus
-    file); a chopper out of phase that locks again; all parked."""
+    file); an event count of the band (`tof_count`); a chopper out of phase that locks
+    again; all parked."""
     devices, RE = session.devices, session.RE
     choppers = [d for d in devices.values() if isinstance(d, DiskChopper)]
     if not choppers:

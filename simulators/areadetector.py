@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 from caproto import ChannelType, SkipWrite
-from caproto.server import PVGroup, PvpropertyChar, pvproperty
+from caproto.server import PVGroup, pvproperty
 
 from .options import sim_options
 from .powder import PowderPattern, powder_pattern
+from .pvs import TEXT_LENGTH, text_pv
 
 __all__ = ["DATASET", "AreaDetectorSim", "format_file_name", "spot_pixel"]
 
@@ -74,8 +75,6 @@ DATASET = "/entry/data/data"
 _EPICS_EPOCH = 631152000.0
 """POSIX time of the EPICS epoch (1990-01-01): NDArray time stamps count from it."""
 
-_TEXT = 1024
-"""Length of the long-string (CHAR waveform) PVs: file paths and names."""
 
 _DEFAULTS: dict[str, Any] = {
     "width": 64,
@@ -223,28 +222,12 @@ def _enum(name: str, value: str, choices: tuple[str, ...], **kwargs: Any) -> pvp
     )
 
 
-class _Text(PvpropertyChar):
-    """A long string (CHAR waveform). caproto 1.3 fails a put of the empty string, a lone
-    NUL as clients send it (ophyd-async clears XMLFileName so): that put is done here."""
-
-    async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, **kwargs: Any) -> None:
-        if data_type == ChannelType.CHAR and not bytes(data).split(b"\0", 1)[0]:
-            await self.write("")
-            return
-        await super().write_from_dbr(data, data_type, metadata, **kwargs)
-
-
-def _text(name: str, value: str = "", **kwargs: Any) -> pvproperty:
-    # areaDetector's paths and names are CHAR waveforms: DBR_STRING stops at 40 characters.
-    return pvproperty(name=name, value=value, dtype=_Text, max_length=_TEXT, **kwargs)
-
-
 def _ndarray_base(attr: str, pv: str, port: str) -> dict[str, pvproperty]:
     """The NDArrayBase PVs of a driver or plugin: ``<attr>_<name>`` at ``<pv><Name>``."""
     props = {
         "port_name_rbv": _readback(f"{pv}PortName_RBV", port, dtype=ChannelType.STRING),
         "unique_id_rbv": _readback(f"{pv}UniqueId_RBV", 0),
-        "nd_attributes_file": _text(f"{pv}NDAttributesFile"),
+        "nd_attributes_file": text_pv(f"{pv}NDAttributesFile"),
         "color_mode_rbv": _enum(f"{pv}ColorMode_RBV", "Mono", COLOR_MODES, read_only=True),
         "data_type_rbv": _enum(f"{pv}DataType_RBV", "UInt8", DATA_TYPES, read_only=True),
         "array_counter": _setting(f"{pv}ArrayCounter", 0),
@@ -340,15 +323,15 @@ class AreaDetectorSim(PVGroup):
     nd_array_address_rbv = _readback("HDF1:NDArrayAddress_RBV", 0)
     queue_size = _setting("HDF1:QueueSize", 20)
     queue_size_rbv = _readback("HDF1:QueueSize_RBV", 20)
-    file_path = _text("HDF1:FilePath")
-    file_path_rbv = _text("HDF1:FilePath_RBV", read_only=True)
+    file_path = text_pv("HDF1:FilePath")
+    file_path_rbv = text_pv("HDF1:FilePath_RBV", read_only=True)
     file_path_exists_rbv = _enum("HDF1:FilePathExists_RBV", "No", ("No", "Yes"), read_only=True)
     create_directory = pvproperty(name="HDF1:CreateDirectory", value=0)
-    file_name = _text("HDF1:FileName")
-    file_name_rbv = _text("HDF1:FileName_RBV", read_only=True)
-    file_template = _text("HDF1:FileTemplate", "%s%s_%3.3d.h5")
-    file_template_rbv = _text("HDF1:FileTemplate_RBV", "%s%s_%3.3d.h5", read_only=True)
-    full_file_name_rbv = _text("HDF1:FullFileName_RBV", read_only=True)
+    file_name = text_pv("HDF1:FileName")
+    file_name_rbv = text_pv("HDF1:FileName_RBV", read_only=True)
+    file_template = text_pv("HDF1:FileTemplate", "%s%s_%3.3d.h5")
+    file_template_rbv = text_pv("HDF1:FileTemplate_RBV", "%s%s_%3.3d.h5", read_only=True)
+    full_file_name_rbv = text_pv("HDF1:FullFileName_RBV", read_only=True)
     file_number = _setting("HDF1:FileNumber", 0)
     file_number_rbv = _readback("HDF1:FileNumber_RBV", 0)
     auto_increment = _enum("HDF1:AutoIncrement", "No", ("No", "Yes"), put=_mirror)
@@ -365,7 +348,7 @@ class AreaDetectorSim(PVGroup):
     capture = _enum("HDF1:Capture", "Done", ("Done", "Capture"))
     capture_rbv = _enum("HDF1:Capture_RBV", "Done", ("Done", "Capture"), read_only=True)
     write_status = _enum("HDF1:WriteStatus", "Write OK", ("Write OK", "Write error"))
-    write_message = _text("HDF1:WriteMessage", read_only=True)
+    write_message = text_pv("HDF1:WriteMessage", read_only=True)
     position_mode = _enum("HDF1:PositionMode", "Off", ("Off", "On"), put=_mirror)
     position_mode_rbv = _enum("HDF1:PositionMode_RBV", "Off", ("Off", "On"), read_only=True)
     compression = _enum("HDF1:Compression", "None", COMPRESSIONS, put=_mirror)
@@ -375,8 +358,8 @@ class AreaDetectorSim(PVGroup):
     swmr_mode = _enum("HDF1:SWMRMode", "Off", ("Off", "On"), put=_mirror)
     swmr_mode_rbv = _enum("HDF1:SWMRMode_RBV", "Off", ("Off", "On"), read_only=True)
     flush_now = _enum("HDF1:FlushNow", "Done", ("Done", "Flush"))
-    xml_file_name = _text("HDF1:XMLFileName")
-    xml_file_name_rbv = _text("HDF1:XMLFileName_RBV", read_only=True)
+    xml_file_name = text_pv("HDF1:XMLFileName")
+    xml_file_name_rbv = text_pv("HDF1:XMLFileName_RBV", read_only=True)
     # 0 on a fresh IOC, as ophyd-async expects; the plugin then uses one frame per chunk.
     num_frames_chunks = _setting("HDF1:NumFramesChunks", 0)
     num_frames_chunks_rbv = _readback("HDF1:NumFramesChunks_RBV", 0)
@@ -652,7 +635,7 @@ class AreaDetectorSim(PVGroup):
                 log.exception("%s: HDF5 file plugin", self.prefix)
                 with contextlib.suppress(Exception):
                     await self._put(self.write_status, "Write error")
-                    await self._put(self.write_message, str(exc)[: _TEXT - 1])
+                    await self._put(self.write_message, str(exc)[: TEXT_LENGTH - 1])
                     await self._end_capture()
 
     async def _run_job(self, job: Callable[[], Awaitable[None]]) -> None:

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from caproto import ChannelType, SkipWrite
+from caproto import SkipWrite
 from caproto.server import PVGroup, pvproperty
 
 from .options import sim_options
+from .pvs import enum_pv
 
 __all__ = ["BeamCurrentSource", "beam_dump_pv"]
 
@@ -21,12 +22,8 @@ UPDATE_PERIOD = 0.5
 def beam_dump_pv() -> Any:
     """``SIM:DUMP``, the simulator-only PV of a simulated source that dumps its beam (1) and
     restores it (0); `simulators.control.beam_dump` writes it."""
-    return pvproperty(
-        name="SIM:DUMP",
-        value=0,
-        dtype=ChannelType.ENUM,
-        enum_strings=("Beam", "Dumped"),
-        doc="Simulator only: 1 dumps the beam, 0 restores it",
+    return enum_pv(
+        "SIM:DUMP", ("Beam", "Dumped"), doc="Simulator only: 1 dumps the beam, 0 restores it"
     )
 
 

@@ -27,6 +27,7 @@ from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 from hutch import tof
 
 from .options import sim_options
+from .pvs import enum_pv
 
 __all__ = ["ALARMS", "COMMANDS", "STATES", "DiskChopperSim"]
 
@@ -116,17 +117,6 @@ def _number(name: str, units: str, precision: int, doc: str, **kwargs: Any) -> A
     return pvproperty(name=name, value=0.0, units=units, precision=precision, doc=doc, **kwargs)
 
 
-def _enum(name: str, strings: tuple[str, ...], doc: str, read_only: bool = True) -> Any:
-    return pvproperty(
-        name=name,
-        value=strings[0],
-        dtype=ChannelType.ENUM,
-        enum_strings=strings,
-        read_only=read_only,
-        doc=doc,
-    )
-
-
 class DiskChopperSim(PVGroup):
     """One simulated disk chopper, ``PREFIX`` as ESS's ``...:Chop-XXX-101:``.
 
@@ -147,8 +137,8 @@ class DiskChopperSim(PVGroup):
     jitter_ns, lock_window_ns``.
     """
 
-    chop_state = _enum("ChopState_R", STATES, "What the chopper is doing")
-    c_execute = _enum("C_Execute", COMMANDS, "The last command; writing one executes it", False)
+    chop_state = enum_pv("ChopState_R", STATES, read_only=True, doc="What the chopper is doing")
+    c_execute = enum_pv("C_Execute", COMMANDS, doc="The last command; writing one executes it")
     c_park = pvproperty(name="C_Park", value=0, doc="Writing 1 parks the disk")
     spd_s = _number("Spd_S", "Hz", 3, "Speed setpoint", dtype=_Checked)
     spd_r = _number("Spd_R", "Hz", 3, "Speed", read_only=True)
@@ -158,7 +148,7 @@ class DiskChopperSim(PVGroup):
     tot_dly = _number("TotDly", "ns", 1, "TDC delay the phase control aims at", read_only=True)
     phs_r = _number("Phs_R", "deg", 3, "Phase: the TDC delay as a disk angle", read_only=True)
     diff_ts = _number("DiffTSSamples", "ns", 1, "TDC delay minus TotDly", read_only=True)
-    in_phs_r = _enum("InPhs_R", ("No", "Yes"), "Phase-locked to the source's pulses")
+    in_phs_r = enum_pv("InPhs_R", ("No", "Yes"), read_only=True, doc="Phase-locked to the pulses")
     park_s = _number("Park_S", "deg", 3, "Park angle")
     pos_r = _number("Pos_R", "deg", 3, "Disk angle (resolver)", read_only=True)
 

@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from caproto import ChannelType, SkipWrite
+from caproto import SkipWrite
 from caproto.server import PVGroup, pvproperty
 
 from hutch import tof
 
-from .areadetector import _text
 from .event_acquisition import (
     AcquisitionFile,
     ChopperCable,
@@ -54,6 +53,7 @@ from .event_acquisition import (
 )
 from .neutrons import DetectorBank
 from .options import sim_options
+from .pvs import enum_pv, text_pv
 
 __all__ = ["BATCH", "LAG", "PRESET_MODES", "EventDetectorSim"]
 
@@ -87,17 +87,6 @@ _DEFAULTS: dict[str, Any] = {
     "pool_size": 1 << 20,  # neutrons drawn per chopper setting
     "seed": None,
 }
-
-
-def _enum(name: str, choices: tuple[str, ...], read_only: bool = False, **kwargs: Any) -> Any:
-    return pvproperty(
-        name=name,
-        value=choices[0],
-        dtype=ChannelType.ENUM,
-        enum_strings=choices,
-        read_only=read_only,
-        **kwargs,
-    )
 
 
 def _readback(name: str, value: Any, doc: str, **kwargs: Any) -> Any:
@@ -137,10 +126,10 @@ class EventDetectorSim(PVGroup):
     ``neutrons_per_uc``, ``pool_size``, ``seed``.
     """
 
-    acquire = _enum("Acquire", ("Done", "Acquire"), doc="1 starts an acquisition, 0 stops it")
-    acquire_rbv = _enum("Acquire_RBV", ("Done", "Acquire"), read_only=True)
-    preset_mode = _enum("PresetMode", PRESET_MODES, doc="What the preset counts")
-    preset_mode_rbv = _enum("PresetMode_RBV", PRESET_MODES, read_only=True)
+    acquire = enum_pv("Acquire", ("Done", "Acquire"), doc="1 starts an acquisition, 0 stops it")
+    acquire_rbv = enum_pv("Acquire_RBV", ("Done", "Acquire"), read_only=True)
+    preset_mode = enum_pv("PresetMode", PRESET_MODES, doc="What the preset counts")
+    preset_mode_rbv = enum_pv("PresetMode_RBV", PRESET_MODES, read_only=True)
     preset = pvproperty(name="Preset", value=1.0, precision=3, doc="s, pulses or uC; 0: no end")
     preset_rbv = _readback("Preset_RBV", 1.0, "The preset", precision=3)
     pulses_rbv = _readback("Pulses_RBV", 0, "Pulses counted")
@@ -149,13 +138,13 @@ class EventDetectorSim(PVGroup):
     monitor_events_rbv = _count("MonitorEvents_RBV", "Monitor events")
     charge_rbv = _readback("Charge_RBV", 0.0, "Proton charge counted", precision=3, units="uC")
     rate_rbv = _readback("EventRate_RBV", 0.0, "Detector events/s", precision=0, units="1/s")
-    status_message = _text("StatusMessage_RBV", read_only=True)
+    status_message = text_pv("StatusMessage_RBV", read_only=True)
 
-    file_path = _text("FilePath")
-    file_name = _text("FileName")
-    full_file_name_rbv = _text("FullFileName_RBV", read_only=True)
-    capture = _enum("Capture", ("Done", "Capture"), doc="1 opens the file, 0 closes it")
-    capture_rbv = _enum("Capture_RBV", ("Done", "Capture"), read_only=True)
+    file_path = text_pv("FilePath")
+    file_name = text_pv("FileName")
+    full_file_name_rbv = text_pv("FullFileName_RBV", read_only=True)
+    capture = enum_pv("Capture", ("Done", "Capture"), doc="1 opens the file, 0 closes it")
+    capture_rbv = enum_pv("Capture_RBV", ("Done", "Capture"), read_only=True)
     pulses_written_rbv = _readback("PulsesWritten_RBV", 0, "Pulses in the file")
     events_written_rbv = _count("EventsWritten_RBV", "Detector events in the file")
     monitor_written_rbv = _count("MonitorEventsWritten_RBV", "Monitor events in the file")
